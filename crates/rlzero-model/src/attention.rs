@@ -1,0 +1,104 @@
+//! Grouped-query causal self-attention (Ainslie et al. 2023), differentiable end to end.
+//!
+//! `Attn(Q, K, V) = softmax(Q Kᵀ / √d + M) V` per head, where `M` is the additive mask from
+//! [`crate::mask::MaskInfo::bias`]. With `H` query heads and `KV` k/v heads, query heads
+//! `g·(H/KV) .. (g+1)·(H/KV)` share k/v head `g` (transformers' `repeat_kv` order). Instead of
+//! copying k/v `H/KV` times, the query heads of one group are folded into the row dimension:
+//! `(B, KV, G·T, d) @ (B, KV, d, T)`, so the weights of k/v are never duplicated in memory.
+
+use candle_core::Tensor;
+
+use crate::config::{Architecture, DecoderConfig};
+use crate::error::Result;
+use crate::layers::{Linear, RmsNorm};
+use crate::rope;
+use crate::weights::Vb;
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    /// Qwen3 normalises each head of q and k before the rotation.
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    pub fn new(cfg: &DecoderConfig, vb: Vb<'_>) -> Result<Self> {
+        let (h, kv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let bias = cfg.attention_bias;
+        let (q_norm, k_norm) = match cfg.architecture {
+            Architecture::Qwen3 => (
+                Some(RmsNorm::new(d, cfg.rms_norm_eps, vb.pp("q_norm"))?),
+                Some(RmsNorm::new(d, cfg.rms_norm_eps, vb.pp("k_norm"))?),
+            ),
+            Architecture::Llama | Architecture::Qwen2 => (None, None),
+        };
+        Ok(Self {
+            q_proj: Linear::new(cfg.hidden_size, h * d, bias, vb.pp("q_proj"))?,
+            k_proj: Linear::new(cfg.hidden_size, kv * d, bias, vb.pp("k_proj"))?,
+            v_proj: Linear::new(cfg.hidden_size, kv * d, bias, vb.pp("v_proj"))?,
+            // o_proj never carries a bias in Qwen2/Qwen3; Llama ties it to `attention_bias`.
+            o_proj: Linear::new(
+                h * d,
+                cfg.hidden_size,
+                bias && cfg.architecture == Architecture::Llama,
+                vb.pp("o_proj"),
+            )?,
+            q_norm,
+            k_norm,
+            n_heads: h,
+            n_kv: kv,
+            head_dim: d,
+        })
+    }
+
+    /// Projects `x` `(B, T, hidden)` to rotated `q` `(B, H, T, d)` and `k`, `v` `(B, KV, T, d)`.
+    pub fn qkv(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = x.dims3()?;
+        let heads = |proj: &Linear, n: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
+            let y = proj.forward(x)?.reshape((b, t, n, self.head_dim))?; // (B, T, n, d)
+            let y = match norm {
+                Some(norm) => norm.forward(&y)?,
+                None => y,
+            };
+            Ok(y.transpose(1, 2)?.contiguous()?) // (B, n, T, d)
+        };
+        let q = heads(&self.q_proj, self.n_heads, &self.q_norm)?;
+        let k = heads(&self.k_proj, self.n_kv, &self.k_norm)?;
+        let v = heads(&self.v_proj, self.n_kv, &None)?;
+        let q = rope::apply(&q, cos, sin)?;
+        let k = rope::apply(&k, cos, sin)?;
+        Ok((q, k, v))
+    }
+
+    /// Attends `q` `(B, H, Tq, d)` over `k`, `v` `(B, KV, Tk, d)` with additive `bias`
+    /// `(B, 1, 1, Tq, Tk)`; returns the output projection `(B, Tq, hidden)`.
+    pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let (b, h, tq, d) = q.dims4()?;
+        let tk = k.dim(2)?;
+        let g = h / self.n_kv;
+        let scale = 1.0 / (d as f64).sqrt();
+        let q = q.reshape((b, self.n_kv, g * tq, d))?; // (B, KV, G·Tq, d)
+        let scores = (q.matmul(&k.t()?)? * scale)?; // (B, KV, G·Tq, Tk)
+        let scores = scores.reshape((b, self.n_kv, g, tq, tk))?.broadcast_add(bias)?;
+        // ops::softmax is built from differentiable primitives; softmax_last_dim is not.
+        let probs = candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?;
+        let probs = probs.reshape((b, self.n_kv, g * tq, tk))?;
+        let out = probs.matmul(v)?; // (B, KV, G·Tq, d)
+        let out = out.reshape((b, h, tq, d))?.transpose(1, 2)?; // (B, Tq, H, d)
+        let out = out.reshape((b, tq, h * d))?;
+        self.o_proj.forward(&out)
+    }
+
+    /// Full-sequence attention (training and scoring path).
+    pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let (q, k, v) = self.qkv(x, cos, sin)?;
+        self.attend(&q, &k, &v, bias)
+    }
+}

@@ -1,0 +1,204 @@
+//! The trainable decoder-only transformer shared by Llama, Qwen2 and Qwen3.
+//!
+//! `logits = lm_head(norm(L_n(… L_1(embed(ids)))))`, each layer pre-norm residual:
+//! `h = x + attn(norm₁(x))`, `y = h + mlp(norm₂(h))`.
+//!
+//! [`Decoder::forward`] takes an explicit `(B, T)` attention mask and a [`LogitsToKeep`] so a
+//! trainer scoring completions never builds `B × T × V` logits for prompt tokens.
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::attention::Attention;
+use crate::config::DecoderConfig;
+use crate::error::{ModelError, Result};
+use crate::layers::{Linear, Mlp, RmsNorm};
+use crate::mask::MaskInfo;
+use crate::rope::Rotary;
+use crate::weights::{Vb, WeightMode, Weights};
+
+/// Which positions the forward returns logits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsToKeep {
+    /// Every position `(B, T, V)`.
+    All,
+    /// The last `k` positions `(B, k, V)`: the completion window when scoring rollouts.
+    Last(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    pub fn new(cfg: &DecoderConfig, vb: Vb<'_>) -> Result<Self> {
+        Ok(Self {
+            input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            post_attention_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
+            mlp: Mlp::new(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias, vb.pp("mlp"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, cos, sin, bias)?)?;
+        Ok((&h + self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)?)
+    }
+}
+
+/// A causal LM with weights in HF naming (`model.layers.N.self_attn.q_proj.weight`, …).
+pub struct Decoder {
+    pub cfg: DecoderConfig,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    pub lm_head: Linear,
+    rotary: Rotary,
+    /// Every weight the forward uses, by checkpoint name, each once (tied embeddings once).
+    params: Vec<(String, Tensor)>,
+    mode: WeightMode,
+}
+
+impl Decoder {
+    /// Builds the decoder from a weight store; every tensor must exist with the right shape.
+    pub fn new(cfg: &DecoderConfig, weights: &Weights, mode: WeightMode) -> Result<Self> {
+        let vb = weights.root();
+        let m = vb.pp("model");
+        let embed_tokens = m.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(cfg, m.pp("layers").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear {
+                weight: embed_tokens.clone(),
+                bias: None,
+            }
+        } else {
+            Linear::new(cfg.hidden_size, cfg.vocab_size, false, vb.pp("lm_head"))?
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary: Rotary::new(cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling),
+            params: weights.used(),
+            mode,
+        })
+    }
+
+    /// The weights' dtype.
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.dtype()
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.device()
+    }
+
+    /// Whether this decoder's weights are variables.
+    pub fn mode(&self) -> WeightMode {
+        self.mode
+    }
+
+    /// Named weights, in checkpoint naming, each once.
+    pub fn named_parameters(&self) -> &[(String, Tensor)] {
+        &self.params
+    }
+
+    /// The weights as optimizer variables (same storage: updating a `Var` updates the model).
+    /// Errors on a [`WeightMode::Frozen`] decoder, which has no variables to train.
+    pub fn vars(&self) -> Result<Vec<Var>> {
+        match self.mode {
+            WeightMode::Trainable => self
+                .params
+                .iter()
+                .map(|(_, t)| Ok(Var::from_tensor(t)?))
+                .collect(),
+            WeightMode::Frozen => Err(ModelError::InvalidInput(
+                "this decoder's weights are frozen; load it with WeightMode::Trainable to train".into(),
+            )),
+        }
+    }
+
+    /// A frozen deep copy of the current weights: later optimizer steps on `self` do not move
+    /// it. This is the reference policy `π_ref` of a KL penalty.
+    pub fn frozen_copy(&self) -> Result<Self> {
+        let tensors = self
+            .params
+            .iter()
+            .map(|(n, t)| Ok((n.clone(), t.detach().copy()?)))
+            .collect::<Result<_>>()?;
+        let w = Weights::new("frozen copy", tensors, self.dtype(), self.device(), WeightMode::Frozen)?;
+        Self::new(&self.cfg, &w, WeightMode::Frozen)
+    }
+
+    /// A copy with every weight converted to `dtype` (e.g. f64 for finite-difference checks).
+    pub fn to_dtype(&self, dtype: DType, mode: WeightMode) -> Result<Self> {
+        let tensors = self
+            .params
+            .iter()
+            .map(|(n, t)| Ok((n.clone(), t.detach().to_dtype(dtype)?)))
+            .collect::<Result<_>>()?;
+        let w = Weights::new("dtype copy", tensors, dtype, self.device(), mode)?;
+        Self::new(&self.cfg, &w, mode)
+    }
+
+    /// Final hidden states `(B, T, hidden)` after the last norm.
+    pub fn forward_hidden(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        if attention_mask.dims() != [b, t] {
+            return Err(ModelError::InvalidInput(format!(
+                "attention_mask has shape {:?}, input_ids {:?}",
+                attention_mask.dims(),
+                input_ids.dims()
+            )));
+        }
+        let ids = input_ids.to_dtype(DType::U32)?;
+        let max_id = ids.max_all()?.to_scalar::<u32>()?;
+        if max_id as usize >= self.cfg.vocab_size {
+            return Err(ModelError::InvalidInput(format!(
+                "token id {max_id} is outside the vocabulary (size {})",
+                self.cfg.vocab_size
+            )));
+        }
+        let mask = MaskInfo::from_tensor(attention_mask)?;
+        let dev = self.device();
+        let dtype = self.dtype();
+        let (cos, sin) = self.rotary.cos_sin(&mask.positions_tensor(dev)?, dtype)?; // (B, 1, T, d)
+        let bias = mask.bias(dtype, dev)?; // (B, 1, 1, T, T)
+        let mut x = self
+            .embed_tokens
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.cfg.hidden_size))?; // (B, T, hidden)
+        for layer in &self.layers {
+            x = layer.forward(&x, &cos, &sin, &bias)?;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Logits for the positions in `keep`: `(B, T, V)` or `(B, k, V)`.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, keep: LogitsToKeep) -> Result<Tensor> {
+        let h = self.forward_hidden(input_ids, attention_mask)?;
+        let t = h.dim(1)?;
+        let h = match keep {
+            LogitsToKeep::All => h,
+            LogitsToKeep::Last(k) if k >= 1 && k <= t => h.narrow(1, t - k, k)?,
+            LogitsToKeep::Last(k) => {
+                return Err(ModelError::InvalidInput(format!(
+                    "asked for the last {k} positions' logits of a {t}-token sequence"
+                )))
+            }
+        };
+        self.lm_head.forward(&h)
+    }
+}

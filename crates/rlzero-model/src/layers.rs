@@ -1,0 +1,96 @@
+//! The small differentiable building blocks of a decoder: linear maps, RMSNorm, the SwiGLU MLP.
+//!
+//! Each is written with ops that have a backward pass in candle; the fused kernels
+//! (`candle_nn::ops::rms_norm`, `RmsNorm::forward`) drop gradients silently.
+
+use candle_core::{DType, Tensor, D};
+
+use crate::error::Result;
+use crate::weights::Vb;
+
+/// `y = x Wᵀ + b` with `W` of shape `(out, in)` as stored in HF checkpoints.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Reads `{prefix}.weight` `(out, in)` and, if `bias`, `{prefix}.bias` `(out,)`.
+    pub fn new(in_dim: usize, out_dim: usize, bias: bool, vb: Vb<'_>) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    /// `x` `(..., in)` → `(..., out)`. Folds leading dims into one 2-D matmul, which is both
+    /// the fastest gemm shape and avoids broadcasting the weight per batch row.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = dims[dims.len() - 1];
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let x2 = x.reshape((rows, in_dim))?; // (N, in)
+        let mut y = x2.matmul(&self.weight.t()?)?; // (N, out)
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        let mut out_dims = dims;
+        let last = out_dims.len() - 1;
+        out_dims[last] = self.weight.dim(0)?;
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// RMSNorm (Zhang & Sennrich 2019): `y = w ⊙ x / sqrt(mean(x²) + ε)`, computed in at least f32
+/// as transformers' `LlamaRMSNorm` does.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(dim: usize, eps: f64, vb: Vb<'_>) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            eps,
+        })
+    }
+
+    /// Normalises over the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let internal = match dtype {
+            DType::F16 | DType::BF16 => DType::F32,
+            d => d,
+        };
+        let xf = x.to_dtype(internal)?;
+        let var = xf.sqr()?.mean_keepdim(D::Minus1)?; // (..., 1)
+        let normed = xf.broadcast_mul(&(var + self.eps)?.sqrt()?.recip()?)?;
+        Ok(normed.to_dtype(dtype)?.broadcast_mul(&self.weight)?)
+    }
+}
+
+/// SwiGLU feed-forward (Shazeer 2020): `down(silu(gate(x)) ⊙ up(x))`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    pub fn new(hidden: usize, intermediate: usize, bias: bool, vb: Vb<'_>) -> Result<Self> {
+        Ok(Self {
+            gate_proj: Linear::new(hidden, intermediate, bias, vb.pp("gate_proj"))?,
+            up_proj: Linear::new(hidden, intermediate, bias, vb.pp("up_proj"))?,
+            down_proj: Linear::new(intermediate, hidden, bias, vb.pp("down_proj"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x)?.silu()?; // (B, T, I)
+        let up = self.up_proj.forward(x)?; // (B, T, I)
+        self.down_proj.forward(&(gate * up)?)
+    }
+}

@@ -1,0 +1,171 @@
+//! Text ↔ token ids, plus the chat template and end-of-sequence ids a model was trained with.
+//!
+//! From an HF directory the `tokenizers` crate reads `tokenizer.json` as Python does. From a GGUF
+//! file the tokenizer is rebuilt from llama.cpp's metadata (see [`crate::gguf_tokenizer`]).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::chat_template::{ChatTemplate, Message};
+use crate::error::{read_file, read_json, ModelError, Result};
+
+/// A tokenizer with its chat template and special tokens.
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    chat_template: Option<ChatTemplate>,
+    /// Token ids that end a completion (from `generation_config.json`, else the config/GGUF).
+    pub eos_token_ids: Vec<u32>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub pad_token_id: Option<u32>,
+    source_name: String,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("source_name", &self.source_name)
+            .field("vocab_size", &self.inner.get_vocab_size(true))
+            .field("eos_token_ids", &self.eos_token_ids)
+            .finish()
+    }
+}
+
+/// A special-token field of `tokenizer_config.json`: a string or `{"content": ...}`.
+fn token_string(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        _ => None,
+    }
+}
+
+impl TextTokenizer {
+    pub(crate) fn from_parts(
+        inner: tokenizers::Tokenizer,
+        chat_template_src: Option<String>,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+        eos_token_ids: Vec<u32>,
+        pad_token_id: Option<u32>,
+        source_name: String,
+    ) -> Result<Self> {
+        let chat_template = chat_template_src
+            .map(|src| ChatTemplate::new(&src, bos_token.clone(), eos_token.clone(), source_name.clone()))
+            .transpose()?;
+        Ok(Self {
+            inner,
+            chat_template,
+            eos_token_ids,
+            bos_token,
+            eos_token,
+            pad_token_id,
+            source_name,
+        })
+    }
+
+    /// Reads `tokenizer.json`, and `tokenizer_config.json` / `chat_template.jinja` when given.
+    /// `eos_token_ids` come from the caller (generation_config.json has the final word).
+    pub fn from_hf_files(
+        tokenizer_json: &Path,
+        tokenizer_config: Option<&Path>,
+        chat_template_file: Option<&Path>,
+        eos_token_ids: Vec<u32>,
+    ) -> Result<Self> {
+        let bytes = read_file(tokenizer_json)?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| ModelError::Tokenizer {
+            source_name: tokenizer_json.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let cfg = match tokenizer_config {
+            Some(p) => read_json(p)?,
+            None => Value::Null,
+        };
+        let bos_token = token_string(cfg.get("bos_token"));
+        let eos_token = token_string(cfg.get("eos_token"));
+        let pad_token = token_string(cfg.get("pad_token"));
+        // chat_template.jinja (transformers ≥ 4.43 saves it separately) wins over the config field.
+        let template = match chat_template_file {
+            Some(p) => Some(
+                String::from_utf8(read_file(p)?).map_err(|e| ModelError::ChatTemplate {
+                    source_name: p.display().to_string(),
+                    reason: format!("not UTF-8: {e}"),
+                })?,
+            ),
+            None => match cfg.get("chat_template") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                // A list of named templates: take "default".
+                Some(Value::Array(xs)) => xs
+                    .iter()
+                    .find(|x| x.get("name").and_then(|n| n.as_str()) == Some("default"))
+                    .and_then(|x| x.get("template"))
+                    .and_then(|t| t.as_str())
+                    .map(str::to_string),
+                Some(other) => {
+                    return Err(ModelError::InvalidField {
+                        file: tokenizer_config.map(Path::to_path_buf).unwrap_or_default(),
+                        field: "chat_template".into(),
+                        reason: format!("expected a string or a list of named templates, got {other}"),
+                    })
+                }
+            },
+        };
+        let mut eos_token_ids = eos_token_ids;
+        if eos_token_ids.is_empty() {
+            if let Some(id) = eos_token.as_deref().and_then(|t| inner.token_to_id(t)) {
+                eos_token_ids.push(id);
+            }
+        }
+        let pad_token_id = pad_token.as_deref().and_then(|t| inner.token_to_id(t));
+        let source_name = tokenizer_json.display().to_string();
+        Self::from_parts(inner, template, bos_token, eos_token, eos_token_ids, pad_token_id, source_name)
+    }
+
+    /// Token ids of `text`; `add_special_tokens` applies the post-processor (e.g. a BOS).
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, add_special_tokens).map_err(|e| ModelError::Tokenizer {
+            source_name: self.source_name.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids`; `skip_special_tokens` drops control tokens such as `<|im_end|>`.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special_tokens).map_err(|e| ModelError::Tokenizer {
+            source_name: self.source_name.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The id of a single token string, if it is in the vocabulary.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The chat template, if the checkpoint has one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+
+    /// Renders a conversation to the prompt string the model was trained on.
+    pub fn apply_chat_template(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let t = self.chat_template.as_ref().ok_or_else(|| ModelError::ChatTemplate {
+            source_name: self.source_name.clone(),
+            reason: "this tokenizer has no chat template".into(),
+        })?;
+        t.render(messages, add_generation_prompt)
+    }
+
+    /// The underlying `tokenizers::Tokenizer`.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}

@@ -1,0 +1,1 @@
+pub use rlzero_model as model;
