@@ -45,3 +45,5 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+pub mod tmpdir;
+pub mod hub_server;

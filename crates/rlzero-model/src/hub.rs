@@ -35,7 +35,12 @@ fn truthy(v: &str) -> bool {
 impl HubOptions {
     /// Options from the environment variables in the module docs.
     pub fn from_env() -> Self {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// Options from any variable lookup (the environment, or a map in tests).
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let var = |k: &str| lookup(k).filter(|v| !v.is_empty());
         let hf_home = var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
             let home = var("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
             home.join(".cache").join("huggingface")
@@ -133,5 +138,34 @@ impl HubRepo {
                 self.err(file, "not found in the repository")
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(vars: &[(&str, &str)]) -> HubOptions {
+        let map: std::collections::HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        HubOptions::from_vars(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn environment_follows_huggingface_hub() {
+        let o = opts(&[("HOME", "/home/u")]);
+        assert_eq!(o.cache_dir, PathBuf::from("/home/u/.cache/huggingface/hub"));
+        assert_eq!(o.endpoint, "https://huggingface.co");
+        assert!(!o.offline && o.token.is_none());
+
+        let o = opts(&[("HF_HOME", "/data/hf"), ("HF_ENDPOINT", "http://127.0.0.1:8080"), ("HF_HUB_OFFLINE", "1"), ("HF_TOKEN", "hf_x")]);
+        assert_eq!(o.cache_dir, PathBuf::from("/data/hf/hub"));
+        assert_eq!(o.endpoint, "http://127.0.0.1:8080");
+        assert!(o.offline);
+        assert_eq!(o.token.as_deref(), Some("hf_x"));
+
+        let o = opts(&[("HF_HOME", "/data/hf"), ("HF_HUB_CACHE", "/fast/cache"), ("HF_HUB_OFFLINE", "0")]);
+        assert_eq!(o.cache_dir, PathBuf::from("/fast/cache"));
+        assert!(!o.offline);
     }
 }
