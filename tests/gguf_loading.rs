@@ -12,7 +12,10 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use common::{max_abs_diff, reference, tiny_decoder};
 use rlzero::model::gguf::{permute_rows, GgufFile};
-use rlzero::model::{load_gguf_decoder, Architecture, DecoderConfig, LoadOptions, LogitsToKeep, ModelError, WeightMode};
+use rlzero::model::{
+    load_gguf_decoder, Architecture, DecoderConfig, LoadOptions, LogitsToKeep, ModelError,
+    WeightMode,
+};
 
 /// llama.cpp's name for an HF tensor name.
 fn gguf_name(hf: &str) -> String {
@@ -43,7 +46,14 @@ fn gguf_name(hf: &str) -> String {
 }
 
 /// llama.cpp's `rope_freqs` for llama3 scaling: the divisor of each base frequency.
-fn llama3_rope_freqs(head_dim: usize, theta: f64, factor: f64, low: f64, high: f64, old: f64) -> Vec<f32> {
+fn llama3_rope_freqs(
+    head_dim: usize,
+    theta: f64,
+    factor: f64,
+    low: f64,
+    high: f64,
+    old: f64,
+) -> Vec<f32> {
     (0..head_dim / 2)
         .map(|i| {
             let f = 1.0 / theta.powf((2 * i) as f64 / head_dim as f64);
@@ -61,7 +71,13 @@ fn llama3_rope_freqs(head_dim: usize, theta: f64, factor: f64, low: f64, high: f
 }
 
 /// Writes `cfg` + HF-named f32 `tensors` as a GGUF, 2-D weights stored as `dtype`.
-fn write_gguf(path: &Path, cfg: &DecoderConfig, tensors: &[(String, Tensor)], dtype: GgmlDType, extra: Vec<(String, Tensor)>) {
+fn write_gguf(
+    path: &Path,
+    cfg: &DecoderConfig,
+    tensors: &[(String, Tensor)],
+    dtype: GgmlDType,
+    extra: Vec<(String, Tensor)>,
+) {
     let arch = match cfg.architecture {
         Architecture::Llama => "llama",
         Architecture::Qwen2 => "qwen2",
@@ -71,8 +87,12 @@ fn write_gguf(path: &Path, cfg: &DecoderConfig, tensors: &[(String, Tensor)], dt
     for (name, t) in tensors {
         let t = t.to_dtype(DType::F32).unwrap();
         let t = match (cfg.architecture, name.as_str()) {
-            (Architecture::Llama, n) if n.ends_with("q_proj.weight") => permute_rows(&t, cfg.num_attention_heads).unwrap(),
-            (Architecture::Llama, n) if n.ends_with("k_proj.weight") => permute_rows(&t, cfg.num_key_value_heads).unwrap(),
+            (Architecture::Llama, n) if n.ends_with("q_proj.weight") => {
+                permute_rows(&t, cfg.num_attention_heads).unwrap()
+            }
+            (Architecture::Llama, n) if n.ends_with("k_proj.weight") => {
+                permute_rows(&t, cfg.num_key_value_heads).unwrap()
+            }
             _ => t,
         };
         let ty = if t.rank() == 2 { dtype } else { GgmlDType::F32 };
@@ -85,14 +105,32 @@ fn write_gguf(path: &Path, cfg: &DecoderConfig, tensors: &[(String, Tensor)], dt
     let meta: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
         (format!("{arch}.embedding_length"), u(cfg.hidden_size)),
-        (format!("{arch}.feed_forward_length"), u(cfg.intermediate_size)),
+        (
+            format!("{arch}.feed_forward_length"),
+            u(cfg.intermediate_size),
+        ),
         (format!("{arch}.block_count"), u(cfg.num_hidden_layers)),
-        (format!("{arch}.attention.head_count"), u(cfg.num_attention_heads)),
-        (format!("{arch}.attention.head_count_kv"), u(cfg.num_key_value_heads)),
+        (
+            format!("{arch}.attention.head_count"),
+            u(cfg.num_attention_heads),
+        ),
+        (
+            format!("{arch}.attention.head_count_kv"),
+            u(cfg.num_key_value_heads),
+        ),
         (format!("{arch}.attention.key_length"), u(cfg.head_dim)),
-        (format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_norm_eps as f32)),
-        (format!("{arch}.rope.freq_base"), Value::F32(cfg.rope_theta as f32)),
-        (format!("{arch}.context_length"), u(cfg.max_position_embeddings)),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            Value::F32(cfg.rms_norm_eps as f32),
+        ),
+        (
+            format!("{arch}.rope.freq_base"),
+            Value::F32(cfg.rope_theta as f32),
+        ),
+        (
+            format!("{arch}.context_length"),
+            u(cfg.max_position_embeddings),
+        ),
     ];
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let q_refs: Vec<(&str, &QTensor)> = q.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -107,7 +145,10 @@ fn tmp(name: &str) -> std::path::PathBuf {
 }
 
 fn frozen() -> LoadOptions {
-    LoadOptions { mode: WeightMode::Frozen, ..LoadOptions::default() }
+    LoadOptions {
+        mode: WeightMode::Frozen,
+        ..LoadOptions::default()
+    }
 }
 
 #[test]
@@ -116,9 +157,25 @@ fn f32_gguf_matches_the_safetensors_model_for_every_architecture() {
         let st = tiny_decoder(name, DType::F32, WeightMode::Frozen);
         let cfg = st.cfg.clone();
         let mut extra = vec![];
-        if let rlzero::model::RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } = cfg.rope_scaling {
-            let f = llama3_rope_freqs(cfg.head_dim, cfg.rope_theta, factor, low_freq_factor, high_freq_factor, original_max_position_embeddings);
-            extra.push(("rope_freqs.weight".to_string(), Tensor::new(f.as_slice(), &Device::Cpu).unwrap()));
+        if let rlzero::model::RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } = cfg.rope_scaling
+        {
+            let f = llama3_rope_freqs(
+                cfg.head_dim,
+                cfg.rope_theta,
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            );
+            extra.push((
+                "rope_freqs.weight".to_string(),
+                Tensor::new(f.as_slice(), &Device::Cpu).unwrap(),
+            ));
         }
         let path = tmp(&format!("{name}.gguf"));
         write_gguf(&path, &cfg, st.named_parameters(), GgmlDType::F32, extra);
@@ -127,10 +184,17 @@ fn f32_gguf_matches_the_safetensors_model_for_every_architecture() {
         assert_eq!(g.cfg.tie_word_embeddings, cfg.tie_word_embeddings, "{name}");
         assert_eq!(g.cfg.attention_bias, cfg.attention_bias, "{name}");
         let r = reference(name);
-        let a = st.forward(&r["input_ids"], &r["attention_mask"], LogitsToKeep::All).unwrap();
-        let b = g.forward(&r["input_ids"], &r["attention_mask"], LogitsToKeep::All).unwrap();
+        let a = st
+            .forward(&r["input_ids"], &r["attention_mask"], LogitsToKeep::All)
+            .unwrap();
+        let b = g
+            .forward(&r["input_ids"], &r["attention_mask"], LogitsToKeep::All)
+            .unwrap();
         let err = max_abs_diff(&a, &b);
-        assert!(err < 1e-5, "{name}: GGUF vs safetensors logits differ by {err}");
+        assert!(
+            err < 1e-5,
+            "{name}: GGUF vs safetensors logits differ by {err}"
+        );
     }
 }
 
@@ -166,15 +230,27 @@ fn every_quant_type_dequantizes_into_trainable_f32_weights() {
         shapes.push((Box::leak(format!("model.layers.0.{n}").into_boxed_str()), s));
     }
     for (n, s) in &shapes {
-        tensors.push((n.to_string(), Tensor::randn(0f32, 1.0, s.as_slice(), &dev).unwrap()));
+        tensors.push((
+            n.to_string(),
+            Tensor::randn(0f32, 1.0, s.as_slice(), &dev).unwrap(),
+        ));
     }
     let orig: HashMap<String, Tensor> = tensors.iter().cloned().collect();
     // Relative RMS error each type may show on N(0,1) data (2-bit is coarse by design).
     let types = [
-        (GgmlDType::F32, 1e-7), (GgmlDType::F16, 1e-3), (GgmlDType::BF16, 1e-2),
-        (GgmlDType::Q8_0, 0.01), (GgmlDType::Q5_0, 0.06), (GgmlDType::Q5_1, 0.06),
-        (GgmlDType::Q4_0, 0.12), (GgmlDType::Q4_1, 0.12), (GgmlDType::Q6K, 0.03),
-        (GgmlDType::Q5K, 0.06), (GgmlDType::Q4K, 0.12), (GgmlDType::Q3K, 0.25), (GgmlDType::Q2K, 0.45),
+        (GgmlDType::F32, 1e-7),
+        (GgmlDType::F16, 1e-3),
+        (GgmlDType::BF16, 1e-2),
+        (GgmlDType::Q8_0, 0.01),
+        (GgmlDType::Q5_0, 0.06),
+        (GgmlDType::Q5_1, 0.06),
+        (GgmlDType::Q4_0, 0.12),
+        (GgmlDType::Q4_1, 0.12),
+        (GgmlDType::Q6K, 0.03),
+        (GgmlDType::Q5K, 0.06),
+        (GgmlDType::Q4K, 0.12),
+        (GgmlDType::Q3K, 0.25),
+        (GgmlDType::Q2K, 0.45),
     ];
     for (ty, tol) in types {
         let path = tmp(&format!("quant-{ty:?}.gguf"));
@@ -184,8 +260,21 @@ fn every_quant_type_dequantizes_into_trainable_f32_weights() {
         for (n, want) in &orig {
             let got = &loaded[n];
             assert_eq!(got.dtype(), DType::F32);
-            let rel = ((got - want).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap()
-                / want.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap())
+            let rel = ((got - want)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .mean_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                / want
+                    .sqr()
+                    .unwrap()
+                    .mean_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap())
             .sqrt();
             assert!(rel < tol as f32, "{ty:?} {n}: relative error {rel} > {tol}");
         }
@@ -199,7 +288,13 @@ fn every_quant_type_dequantizes_into_trainable_f32_weights() {
 fn broken_gguf_files_are_typed_errors_naming_the_file() {
     let st = tiny_decoder("tiny-qwen2", DType::F32, WeightMode::Frozen);
     let good = tmp("good.gguf");
-    write_gguf(&good, &st.cfg, st.named_parameters(), GgmlDType::Q8_0, vec![]);
+    write_gguf(
+        &good,
+        &st.cfg,
+        st.named_parameters(),
+        GgmlDType::Q8_0,
+        vec![],
+    );
     let bytes = std::fs::read(&good).unwrap();
 
     // Truncated: header intact, tensor data cut short.
@@ -207,29 +302,52 @@ fn broken_gguf_files_are_typed_errors_naming_the_file() {
     std::fs::write(&trunc, &bytes[..bytes.len() - 1000]).unwrap();
     let e = load_gguf_decoder(&trunc, &frozen()).err().unwrap();
     assert!(matches!(e, ModelError::Gguf { .. }), "{e:?}");
-    assert!(e.to_string().contains("truncated.gguf") && e.to_string().contains("tensor `"), "{e}");
+    assert!(
+        e.to_string().contains("truncated.gguf") && e.to_string().contains("tensor `"),
+        "{e}"
+    );
 
     // Not a GGUF at all.
     let junk = tmp("junk.gguf");
     std::fs::write(&junk, b"this is not a gguf file, just text").unwrap();
     let e = load_gguf_decoder(&junk, &frozen()).err().unwrap();
-    assert!(matches!(e, ModelError::Gguf { .. }) && e.to_string().contains("junk.gguf"), "{e}");
+    assert!(
+        matches!(e, ModelError::Gguf { .. }) && e.to_string().contains("junk.gguf"),
+        "{e}"
+    );
 
     // Missing file.
-    let e = load_gguf_decoder(&tmp("absent.gguf"), &frozen()).err().unwrap();
-    assert!(matches!(e, ModelError::Io { .. }) && e.to_string().contains("absent.gguf"), "{e}");
+    let e = load_gguf_decoder(&tmp("absent.gguf"), &frozen())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, ModelError::Io { .. }) && e.to_string().contains("absent.gguf"),
+        "{e}"
+    );
 
     // An unsupported quant type id (IQ2_XXS = 16): patch the first tensor's dtype field.
     let mut patched = bytes.clone();
-    let first = st.named_parameters().iter().map(|(n, _)| gguf_name(n)).next().unwrap();
-    let pos = bytes.windows(first.len()).position(|w| w == first.as_bytes()).unwrap() + first.len();
+    let first = st
+        .named_parameters()
+        .iter()
+        .map(|(n, _)| gguf_name(n))
+        .next()
+        .unwrap();
+    let pos = bytes
+        .windows(first.len())
+        .position(|w| w == first.as_bytes())
+        .unwrap()
+        + first.len();
     let n_dims = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
     let dtype_at = pos + 4 + 8 * n_dims;
     patched[dtype_at..dtype_at + 4].copy_from_slice(&16u32.to_le_bytes());
     let unsup = tmp("unsupported-quant.gguf");
     std::fs::write(&unsup, &patched).unwrap();
     let e = load_gguf_decoder(&unsup, &frozen()).err().unwrap();
-    assert!(e.to_string().contains("unsupported-quant.gguf") && e.to_string().contains("16"), "{e}");
+    assert!(
+        e.to_string().contains("unsupported-quant.gguf") && e.to_string().contains("16"),
+        "{e}"
+    );
 
     // An architecture the decoder does not implement.
     let other = tmp("gemma.gguf");
@@ -237,5 +355,8 @@ fn broken_gguf_files_are_typed_errors_naming_the_file() {
     let mut f = std::fs::File::create(&other).unwrap();
     gguf_file::write(&mut f, &[("general.architecture", &meta)], &[]).unwrap();
     let e = load_gguf_decoder(&other, &frozen()).err().unwrap();
-    assert!(matches!(e, ModelError::UnsupportedArchitecture { .. }) && e.to_string().contains("gemma"), "{e}");
+    assert!(
+        matches!(e, ModelError::UnsupportedArchitecture { .. }) && e.to_string().contains("gemma"),
+        "{e}"
+    );
 }

@@ -14,7 +14,12 @@ fn loss(m: &Decoder, ids: &Tensor, mask: &Tensor, r: &Tensor) -> Tensor {
     let logits = m.forward(ids, mask, LogitsToKeep::All).unwrap(); // (B, T, V)
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
     let w = mask.to_dtype(logits.dtype()).unwrap().unsqueeze(2).unwrap(); // (B, T, 1)
-    logp.broadcast_mul(&w).unwrap().mul(r).unwrap().sum_all().unwrap()
+    logp.broadcast_mul(&w)
+        .unwrap()
+        .mul(r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
 }
 
 fn weights_like(t: &Tensor, seed: u64) -> Tensor {
@@ -23,11 +28,16 @@ fn weights_like(t: &Tensor, seed: u64) -> Tensor {
     let mut s = seed;
     let v: Vec<f64> = (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
         })
         .collect();
-    Tensor::from_vec(v, t.dims(), t.device()).unwrap().to_dtype(t.dtype()).unwrap()
+    Tensor::from_vec(v, t.dims(), t.device())
+        .unwrap()
+        .to_dtype(t.dtype())
+        .unwrap()
 }
 
 #[test]
@@ -41,14 +51,29 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
         let grads = l.backward().unwrap();
         let vars = m.vars().unwrap();
         let cfg = &m.cfg;
-        let per_layer = 9 + if cfg.attention_bias { 3 } else { 0 } + if cfg.architecture == rlzero::model::Architecture::Qwen3 { 2 } else { 0 };
-        let expected = 1 + cfg.num_hidden_layers * per_layer + 1 + usize::from(!cfg.tie_word_embeddings);
+        let per_layer = 9
+            + if cfg.attention_bias { 3 } else { 0 }
+            + if cfg.architecture == rlzero::model::Architecture::Qwen3 {
+                2
+            } else {
+                0
+            };
+        let expected =
+            1 + cfg.num_hidden_layers * per_layer + 1 + usize::from(!cfg.tie_word_embeddings);
         assert_eq!(vars.len(), expected, "{name}: parameter count");
         for ((pname, _), v) in m.named_parameters().iter().zip(&vars) {
-            let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
             let g = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert!(g.iter().all(|x| x.is_finite()), "{name}: non-finite gradient in {pname}");
-            assert!(g.iter().any(|x| *x != 0.0), "{name}: all-zero gradient for {pname}");
+            assert!(
+                g.iter().all(|x| x.is_finite()),
+                "{name}: non-finite gradient in {pname}"
+            );
+            assert!(
+                g.iter().any(|x| *x != 0.0),
+                "{name}: all-zero gradient for {pname}"
+            );
         }
     }
 }
@@ -59,7 +84,10 @@ fn frozen_decoder_has_no_variables() {
     assert!(m.vars().is_err());
     let t = tiny_decoder("tiny-llama", DType::F32, WeightMode::Trainable);
     let frozen = t.frozen_copy().unwrap();
-    assert!(frozen.named_parameters().iter().all(|(_, p)| !p.is_variable()));
+    assert!(frozen
+        .named_parameters()
+        .iter()
+        .all(|(_, p)| !p.is_variable()));
     // An update of the trainable weights must not move the frozen copy.
     let v = &t.vars().unwrap()[0];
     v.set(&v.as_tensor().affine(1.0, 0.5).unwrap()).unwrap();
@@ -73,30 +101,50 @@ fn autograd_matches_finite_differences_in_f64() {
         let r = reference(name);
         let m = tiny_decoder(name, DType::F64, WeightMode::Trainable);
         let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
-        let rw = weights_like(&Tensor::zeros((2, 12, 128), DType::F64, &candle_core::Device::Cpu).unwrap(), 11);
+        let rw = weights_like(
+            &Tensor::zeros((2, 12, 128), DType::F64, &candle_core::Device::Cpu).unwrap(),
+            11,
+        );
         let grads = loss(&m, ids, mask, &rw).backward().unwrap();
         let vars = m.vars().unwrap();
         let h = 1e-5;
         let mut worst = 0.0f64;
         // Three coordinates of every parameter tensor.
         for ((pname, _), v) in m.named_parameters().iter().zip(&vars) {
-            let g = grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let orig = v.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            let orig = v
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
             let n = orig.len();
             for k in [0, n / 2 + 1, n - 1] {
                 let eval = |delta: f64| {
                     let mut w = orig.clone();
                     w[k] += delta;
-                    v.set(&Tensor::from_vec(w, v.as_tensor().dims(), v.device()).unwrap()).unwrap();
+                    v.set(&Tensor::from_vec(w, v.as_tensor().dims(), v.device()).unwrap())
+                        .unwrap();
                     loss(&m, ids, mask, &rw).to_scalar::<f64>().unwrap()
                 };
                 let fd = (eval(h) - eval(-h)) / (2.0 * h);
-                v.set(&Tensor::from_vec(orig.clone(), v.as_tensor().dims(), v.device()).unwrap()).unwrap();
+                v.set(&Tensor::from_vec(orig.clone(), v.as_tensor().dims(), v.device()).unwrap())
+                    .unwrap();
                 // Relative to the gradient's scale, so a ~0 coordinate doesn't divide by ~0.
                 let scale = g.iter().fold(0.0f64, |a, x| a.max(x.abs())).max(1e-3);
                 let rel = (fd - g[k]).abs() / scale;
                 worst = worst.max(rel);
-                assert!(rel <= 1e-6, "{name}: {pname}[{k}] autograd {} vs finite difference {fd} (rel {rel:e})", g[k]);
+                assert!(
+                    rel <= 1e-6,
+                    "{name}: {pname}[{k}] autograd {} vs finite difference {fd} (rel {rel:e})",
+                    g[k]
+                );
             }
         }
         eprintln!("{name}: worst relative FD error {worst:e}");

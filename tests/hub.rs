@@ -8,28 +8,49 @@ use std::collections::HashMap;
 use common::hub_server::{serve, COMMIT};
 use common::tmpdir::TempDir;
 use common::{fixtures, max_abs_diff, reference};
-use rlzero::model::{load, HubOptions, LoadOptions, LogitsToKeep, ModelError, ModelSource, WeightMode};
+use rlzero::model::{
+    load, HubOptions, LoadOptions, LogitsToKeep, ModelError, ModelSource, WeightMode,
+};
 
 const REPO: &str = "rlzero-test/tiny-qwen3";
 
 fn fixture_files() -> HashMap<String, Vec<u8>> {
-    ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
-        .iter()
-        .map(|f| (f.to_string(), std::fs::read(fixtures().join("tiny-qwen3").join(f)).unwrap()))
-        .collect()
+    [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    .iter()
+    .map(|f| {
+        (
+            f.to_string(),
+            std::fs::read(fixtures().join("tiny-qwen3").join(f)).unwrap(),
+        )
+    })
+    .collect()
 }
 
 fn opts(endpoint: &str, cache: &std::path::Path, offline: bool) -> LoadOptions {
     LoadOptions {
         mode: WeightMode::Frozen,
-        hub: HubOptions { endpoint: endpoint.into(), cache_dir: cache.to_path_buf(), token: None, offline },
+        hub: HubOptions {
+            endpoint: endpoint.into(),
+            cache_dir: cache.to_path_buf(),
+            token: None,
+            offline,
+        },
         ..LoadOptions::default()
     }
 }
 
 fn check_logits(m: &rlzero::model::LoadedModel) {
     let r = reference("tiny-qwen3");
-    let got = m.decoder.forward(&r["input_ids"], &r["attention_mask"], LogitsToKeep::All).unwrap();
+    let got = m
+        .decoder
+        .forward(&r["input_ids"], &r["attention_mask"], LogitsToKeep::All)
+        .unwrap();
     assert!(max_abs_diff(&got.get(0).unwrap(), &r["logits_batch"].get(0).unwrap()) < 1e-4);
 }
 
@@ -43,10 +64,23 @@ fn downloads_into_a_python_compatible_cache_then_loads_offline() {
 
     // huggingface_hub's layout: refs/main holds the commit, snapshots/<commit>/<file> the files.
     let repo_dir = cache.path().join("models--rlzero-test--tiny-qwen3");
-    assert_eq!(std::fs::read_to_string(repo_dir.join("refs/main")).unwrap().trim(), COMMIT);
-    assert!(repo_dir.join("snapshots").join(COMMIT).join("model.safetensors").exists());
+    assert_eq!(
+        std::fs::read_to_string(repo_dir.join("refs/main"))
+            .unwrap()
+            .trim(),
+        COMMIT
+    );
+    assert!(repo_dir
+        .join("snapshots")
+        .join(COMMIT)
+        .join("model.safetensors")
+        .exists());
     let log = server.log.lock().unwrap().clone();
-    assert!(log.iter().any(|p| p.ends_with("/resolve/main/model.safetensors")), "{log:?}");
+    assert!(
+        log.iter()
+            .any(|p| p.ends_with("/resolve/main/model.safetensors")),
+        "{log:?}"
+    );
     // Optional files the repo lacks were asked for and answered 404, not treated as fatal.
     assert!(log.iter().any(|p| p.ends_with("chat_template.jinja")));
 
@@ -70,7 +104,11 @@ fn offline_reads_a_prefilled_cache_and_names_what_is_missing() {
         std::os::unix::fs::symlink(&blob, snap.join(&name)).unwrap();
     }
     std::fs::write(repo_dir.join("refs/main"), COMMIT).unwrap();
-    let m = load(&ModelSource::parse(REPO), &opts("http://127.0.0.1:9", cache.path(), true)).unwrap();
+    let m = load(
+        &ModelSource::parse(REPO),
+        &opts("http://127.0.0.1:9", cache.path(), true),
+    )
+    .unwrap();
     check_logits(&m);
     // A pinned commit resolves through snapshots/<commit> directly.
     let pinned = ModelSource::parse(&format!("{REPO}@{COMMIT}"));
@@ -78,7 +116,12 @@ fn offline_reads_a_prefilled_cache_and_names_what_is_missing() {
 
     // Not cached, offline: a Hub error naming the repo and the file.
     let empty = TempDir::new("hub-empty");
-    let e = load(&ModelSource::parse(REPO), &opts("http://127.0.0.1:9", empty.path(), true)).err().unwrap();
+    let e = load(
+        &ModelSource::parse(REPO),
+        &opts("http://127.0.0.1:9", empty.path(), true),
+    )
+    .err()
+    .unwrap();
     assert!(matches!(e, ModelError::Hub { .. }), "{e:?}");
     let s = e.to_string();
     assert!(s.contains(REPO) && s.contains("HF_HUB_OFFLINE"), "{s}");
@@ -90,7 +133,15 @@ fn a_repo_without_weights_is_a_typed_error() {
     let mut files = fixture_files();
     files.remove("model.safetensors");
     let server = serve(REPO, files, 64);
-    let e = load(&ModelSource::parse(REPO), &opts(&server.endpoint, cache.path(), false)).err().unwrap();
+    let e = load(
+        &ModelSource::parse(REPO),
+        &opts(&server.endpoint, cache.path(), false),
+    )
+    .err()
+    .unwrap();
     let s = e.to_string();
-    assert!(matches!(e, ModelError::Hub { .. }) && s.contains("model.safetensors"), "{s}");
+    assert!(
+        matches!(e, ModelError::Hub { .. }) && s.contains("model.safetensors"),
+        "{s}"
+    );
 }

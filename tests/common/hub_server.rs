@@ -41,14 +41,22 @@ pub fn serve(repo_id: &str, files: HashMap<String, Vec<u8>>, max_requests: usize
                     range = Some((a.parse().unwrap(), b.parse().ok()));
                 }
             }
-            let path = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let path = request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .to_string();
             log2.lock().unwrap().push(path.clone());
             let body = path.strip_prefix(&prefix).and_then(|f| files.get(f));
             let response = match body {
-                None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+                None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
                 Some(bytes) => {
                     let (start, end) = match range {
-                        Some((a, b)) => (a.min(bytes.len()), b.map(|b| b + 1).unwrap_or(bytes.len()).min(bytes.len())),
+                        Some((a, b)) => (
+                            a.min(bytes.len()),
+                            b.map(|b| b + 1).unwrap_or(bytes.len()).min(bytes.len()),
+                        ),
                         None => (0, bytes.len()),
                     };
                     let etag = format!("{:016x}", fnv(bytes));
@@ -58,7 +66,11 @@ pub fn serve(repo_id: &str, files: HashMap<String, Vec<u8>>, max_requests: usize
                         end - start
                     );
                     if range.is_some() {
-                        head += &format!("Content-Range: bytes {start}-{}/{}\r\n", end.saturating_sub(1), bytes.len());
+                        head += &format!(
+                            "Content-Range: bytes {start}-{}/{}\r\n",
+                            end.saturating_sub(1),
+                            bytes.len()
+                        );
                     }
                     let mut r = (head + "\r\n").into_bytes();
                     r.extend_from_slice(&bytes[start..end]);
@@ -73,5 +85,7 @@ pub fn serve(repo_id: &str, files: HashMap<String, Vec<u8>>, max_requests: usize
 }
 
 fn fnv(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf29ce484222325u64, |h, x| (h ^ *x as u64).wrapping_mul(0x100000001b3))
+    b.iter().fold(0xcbf29ce484222325u64, |h, x| {
+        (h ^ *x as u64).wrapping_mul(0x100000001b3)
+    })
 }

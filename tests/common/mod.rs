@@ -5,10 +5,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use rlzero::model::{DecoderConfig, Decoder, WeightMode, Weights};
+use rlzero::model::{Decoder, DecoderConfig, WeightMode, Weights};
 
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
 }
 
 pub fn models_dir() -> PathBuf {
@@ -19,15 +21,19 @@ pub const TINY: [&str; 3] = ["tiny-llama", "tiny-qwen2", "tiny-qwen3"];
 
 /// The tensors of a fixture's `reference.safetensors`.
 pub fn reference(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixtures().join(name).join("reference.safetensors"), &Device::Cpu)
-        .expect("reference fixture")
+    candle_core::safetensors::load(
+        fixtures().join(name).join("reference.safetensors"),
+        &Device::Cpu,
+    )
+    .expect("reference fixture")
 }
 
 /// A tiny fixture's decoder in `dtype` and `mode`, from config.json + model.safetensors only.
 pub fn tiny_decoder(name: &str, dtype: DType, mode: WeightMode) -> Decoder {
     let dir = fixtures().join(name);
     let cfg = DecoderConfig::from_file(&dir.join("config.json")).expect("config");
-    let tensors = rlzero::model::safetensors_io::read_safetensors(&dir.join("model.safetensors")).expect("weights");
+    let tensors = rlzero::model::safetensors_io::read_safetensors(&dir.join("model.safetensors"))
+        .expect("weights");
     let w = Weights::new(name, tensors, dtype, &Device::Cpu, mode).expect("weights");
     Decoder::new(&cfg, &w, mode).expect("decoder")
 }
@@ -45,5 +51,5 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
-pub mod tmpdir;
 pub mod hub_server;
+pub mod tmpdir;

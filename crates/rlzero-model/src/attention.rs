@@ -30,7 +30,11 @@ pub struct Attention {
 
 impl Attention {
     pub fn new(cfg: &DecoderConfig, vb: Vb<'_>) -> Result<Self> {
-        let (h, kv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let (h, kv, d) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
         let bias = cfg.attention_bias;
         let (q_norm, k_norm) = match cfg.architecture {
             Architecture::Qwen3 => (
@@ -86,7 +90,9 @@ impl Attention {
         let scale = 1.0 / (d as f64).sqrt();
         let q = q.reshape((b, self.n_kv, g * tq, d))?; // (B, KV, G·Tq, d)
         let scores = (q.matmul(&k.t()?)? * scale)?; // (B, KV, G·Tq, Tk)
-        let scores = scores.reshape((b, self.n_kv, g, tq, tk))?.broadcast_add(bias)?;
+        let scores = scores
+            .reshape((b, self.n_kv, g, tq, tk))?
+            .broadcast_add(bias)?;
         // ops::softmax is built from differentiable primitives; softmax_last_dim is not.
         let probs = candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?;
         let probs = probs.reshape((b, self.n_kv, g * tq, tk))?;

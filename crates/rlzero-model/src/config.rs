@@ -120,17 +120,17 @@ impl Fields<'_> {
     pub fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
         match self.get(field) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|x| Some(x as usize))
-                .ok_or_else(|| self.invalid(field, format!("expected a non-negative integer, got {v}"))),
+            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
+                self.invalid(field, format!("expected a non-negative integer, got {v}"))
+            }),
         }
     }
     pub fn usize(&self, field: &str) -> Result<usize> {
-        self.opt_usize(field)?.ok_or_else(|| ModelError::MissingField {
-            file: self.file.to_path_buf(),
-            field: field.to_string(),
-        })
+        self.opt_usize(field)?
+            .ok_or_else(|| ModelError::MissingField {
+                file: self.file.to_path_buf(),
+                field: field.to_string(),
+            })
     }
     pub fn opt_f64(&self, field: &str) -> Result<Option<f64>> {
         match self.get(field) {
@@ -192,14 +192,18 @@ impl DecoderConfig {
         if !json.is_object() {
             return Err(f.invalid("<root>", "expected a JSON object"));
         }
-        let model_type = f.opt_str("model_type")?.ok_or_else(|| ModelError::MissingField {
-            file: file.to_path_buf(),
-            field: "model_type".into(),
-        })?;
+        let model_type = f
+            .opt_str("model_type")?
+            .ok_or_else(|| ModelError::MissingField {
+                file: file.to_path_buf(),
+                field: "model_type".into(),
+            })?;
         let architecture = Architecture::parse(model_type, file)?;
         let hidden_size = f.usize("hidden_size")?;
         let num_attention_heads = f.usize("num_attention_heads")?;
-        let num_key_value_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let num_key_value_heads = f
+            .opt_usize("num_key_value_heads")?
+            .unwrap_or(num_attention_heads);
         let head_dim = match f.opt_usize("head_dim")? {
             Some(d) => d,
             None if num_attention_heads > 0 => hidden_size / num_attention_heads,
@@ -225,11 +229,16 @@ impl DecoderConfig {
         };
         let sliding = f.opt_bool("use_sliding_window")?.unwrap_or(false);
         if sliding {
-            return Err(f.invalid("use_sliding_window", "sliding-window attention is not implemented"));
+            return Err(f.invalid(
+                "use_sliding_window",
+                "sliding-window attention is not implemented",
+            ));
         }
         let attention_bias = match architecture {
             Architecture::Qwen2 => true,
-            Architecture::Llama | Architecture::Qwen3 => f.opt_bool("attention_bias")?.unwrap_or(false),
+            Architecture::Llama | Architecture::Qwen3 => {
+                f.opt_bool("attention_bias")?.unwrap_or(false)
+            }
         };
         let cfg = Self {
             architecture,
@@ -284,13 +293,22 @@ impl DecoderConfig {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(bad("head_dim", format!("{} must be even for rotary embeddings", self.head_dim)));
+            return Err(bad(
+                "head_dim",
+                format!("{} must be even for rotary embeddings", self.head_dim),
+            ));
         }
-        if !(self.rms_norm_eps > 0.0) {
-            return Err(bad("rms_norm_eps", format!("{} must be positive", self.rms_norm_eps)));
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
+            return Err(bad(
+                "rms_norm_eps",
+                format!("{} must be positive", self.rms_norm_eps),
+            ));
         }
-        if !(self.rope_theta > 0.0) {
-            return Err(bad("rope_theta", format!("{} must be positive", self.rope_theta)));
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
+            return Err(bad(
+                "rope_theta",
+                format!("{} must be positive", self.rope_theta),
+            ));
         }
         Ok(())
     }
@@ -307,10 +325,11 @@ fn parse_rope_scaling(f: &Fields<'_>) -> Result<RopeScaling> {
         None => f.opt_str("type")?,
     };
     let factor = || {
-        f.opt_f64("factor")?.ok_or_else(|| ModelError::MissingField {
-            file: f.file.to_path_buf(),
-            field: "rope_scaling.factor".into(),
-        })
+        f.opt_f64("factor")?
+            .ok_or_else(|| ModelError::MissingField {
+                file: f.file.to_path_buf(),
+                field: "rope_scaling.factor".into(),
+            })
     };
     match kind {
         None | Some("default") => Ok(RopeScaling::None),
@@ -323,6 +342,9 @@ fn parse_rope_scaling(f: &Fields<'_>) -> Result<RopeScaling> {
                 .opt_usize("original_max_position_embeddings")?
                 .unwrap_or(8192) as f64,
         }),
-        Some(other) => Err(f.invalid("rope_scaling.rope_type", format!("`{other}` is not supported (default, linear, llama3)"))),
+        Some(other) => Err(f.invalid(
+            "rope_scaling.rope_type",
+            format!("`{other}` is not supported (default, linear, llama3)"),
+        )),
     }
 }

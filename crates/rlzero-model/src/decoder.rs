@@ -36,20 +36,34 @@ pub struct DecoderLayer {
 impl DecoderLayer {
     pub fn new(cfg: &DecoderConfig, vb: Vb<'_>) -> Result<Self> {
         Ok(Self {
-            input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            input_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("input_layernorm"),
+            )?,
             self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
             post_attention_layernorm: RmsNorm::new(
                 cfg.hidden_size,
                 cfg.rms_norm_eps,
                 vb.pp("post_attention_layernorm"),
             )?,
-            mlp: Mlp::new(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias, vb.pp("mlp"))?,
+            mlp: Mlp::new(
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                cfg.mlp_bias,
+                vb.pp("mlp"),
+            )?,
         })
     }
 
     pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, cos, sin, bias)?)?;
-        Ok((&h + self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)?)
+        let h = (x + self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x)?, cos, sin, bias)?)?;
+        Ok((&h
+            + self
+                .mlp
+                .forward(&self.post_attention_layernorm.forward(&h)?)?)?)
     }
 }
 
@@ -71,7 +85,9 @@ impl Decoder {
     pub fn new(cfg: &DecoderConfig, weights: &Weights, mode: WeightMode) -> Result<Self> {
         let vb = weights.root();
         let m = vb.pp("model");
-        let embed_tokens = m.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let embed_tokens = m
+            .pp("embed_tokens")
+            .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::new(cfg, m.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
@@ -125,7 +141,8 @@ impl Decoder {
                 .map(|(_, t)| Ok(Var::from_tensor(t)?))
                 .collect(),
             WeightMode::Frozen => Err(ModelError::InvalidInput(
-                "this decoder's weights are frozen; load it with WeightMode::Trainable to train".into(),
+                "this decoder's weights are frozen; load it with WeightMode::Trainable to train"
+                    .into(),
             )),
         }
     }
@@ -138,7 +155,13 @@ impl Decoder {
             .iter()
             .map(|(n, t)| Ok((n.clone(), t.detach().copy()?)))
             .collect::<Result<_>>()?;
-        let w = Weights::new("frozen copy", tensors, self.dtype(), self.device(), WeightMode::Frozen)?;
+        let w = Weights::new(
+            "frozen copy",
+            tensors,
+            self.dtype(),
+            self.device(),
+            WeightMode::Frozen,
+        )?;
         Self::new(&self.cfg, &w, WeightMode::Frozen)
     }
 
@@ -187,7 +210,12 @@ impl Decoder {
     }
 
     /// Logits for the positions in `keep`: `(B, T, V)` or `(B, k, V)`.
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, keep: LogitsToKeep) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        keep: LogitsToKeep,
+    ) -> Result<Tensor> {
         let h = self.forward_hidden(input_ids, attention_mask)?;
         let t = h.dim(1)?;
         let h = match keep {

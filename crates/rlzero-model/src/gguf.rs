@@ -21,6 +21,9 @@ use candle_core::{Device, Tensor};
 use crate::config::{Architecture, DecoderConfig, RopeScaling};
 use crate::error::{ModelError, Result};
 
+/// Dequantized tensors under HF names, and llama.cpp's `rope_freqs` divisors if the file has them.
+pub type GgufTensors = (HashMap<String, Tensor>, Option<Vec<f32>>);
+
 /// An opened GGUF file: its metadata and tensor directory (tensor data is read on demand).
 pub struct GgufFile {
     pub path: PathBuf,
@@ -70,12 +73,16 @@ impl GgufFile {
 
     pub(crate) fn meta_str(&self, key: &str) -> Result<&str> {
         let v = self.meta(key).ok_or_else(|| self.missing(key))?;
-        v.to_string().map(|s| s.as_str()).map_err(|e| self.bad(key, e))
+        v.to_string()
+            .map(|s| s.as_str())
+            .map_err(|e| self.bad(key, e))
     }
 
     /// An unsigned integer of any GGUF integer width.
     pub(crate) fn meta_usize(&self, key: &str) -> Result<Option<usize>> {
-        let Some(v) = self.meta(key) else { return Ok(None) };
+        let Some(v) = self.meta(key) else {
+            return Ok(None);
+        };
         let n = match v {
             Value::U8(x) => *x as u64,
             Value::U16(x) => *x as u64,
@@ -139,7 +146,9 @@ impl GgufFile {
         let rope_scaling = match self.meta(&format!("{arch}.rope.scaling.type")) {
             Some(_) => match self.meta_str(&format!("{arch}.rope.scaling.type"))? {
                 "linear" => RopeScaling::Linear {
-                    factor: self.meta_f64(&format!("{arch}.rope.scaling.factor"))?.unwrap_or(1.0),
+                    factor: self
+                        .meta_f64(&format!("{arch}.rope.scaling.factor"))?
+                        .unwrap_or(1.0),
                 },
                 "none" => RopeScaling::None,
                 other => {
@@ -164,13 +173,19 @@ impl GgufFile {
             rms_norm_eps: self
                 .meta_f64(&format!("{arch}.attention.layer_norm_rms_epsilon"))?
                 .unwrap_or(1e-6),
-            rope_theta: self.meta_f64(&format!("{arch}.rope.freq_base"))?.unwrap_or(10_000.0),
+            rope_theta: self
+                .meta_f64(&format!("{arch}.rope.freq_base"))?
+                .unwrap_or(10_000.0),
             rope_scaling,
-            max_position_embeddings: self.meta_usize(&format!("{arch}.context_length"))?.unwrap_or(2048),
+            max_position_embeddings: self
+                .meta_usize(&format!("{arch}.context_length"))?
+                .unwrap_or(2048),
             tie_word_embeddings: !has("output.weight"),
             attention_bias: has("blk.0.attn_q.bias"),
             mlp_bias: has("blk.0.ffn_up.bias"),
-            bos_token_id: self.meta_usize("tokenizer.ggml.bos_token_id")?.map(|x| x as u32),
+            bos_token_id: self
+                .meta_usize("tokenizer.ggml.bos_token_id")?
+                .map(|x| x as u32),
             eos_token_ids: self
                 .meta_usize("tokenizer.ggml.eos_token_id")?
                 .map(|x| vec![x as u32])
@@ -183,7 +198,7 @@ impl GgufFile {
     /// Dequantizes every tensor to f32 under its HF name. llama Q/K rows are un-permuted;
     /// `rope_freqs.weight` (llama3 scaling baked in by llama.cpp) is returned separately as the
     /// per-frequency divisors it holds.
-    pub fn tensors(&self, cfg: &DecoderConfig) -> Result<(HashMap<String, Tensor>, Option<Vec<f32>>)> {
+    pub fn tensors(&self, cfg: &DecoderConfig) -> Result<GgufTensors> {
         let file = File::open(&self.path).map_err(|e| ModelError::io(&self.path, e))?;
         let mut reader = BufReader::new(file);
         let mut out = HashMap::new();
@@ -203,11 +218,18 @@ impl GgufFile {
                 continue;
             }
             let Some(hf) = hf_name(name) else {
-                return Err(self.err(format!("unexpected tensor `{name}` for a {:?} model", cfg.architecture)));
+                return Err(self.err(format!(
+                    "unexpected tensor `{name}` for a {:?} model",
+                    cfg.architecture
+                )));
             };
             let t = match (cfg.architecture, hf.rsplit('.').nth(1)) {
-                (Architecture::Llama, Some("q_proj")) => unpermute_rows(&t, cfg.num_attention_heads)?,
-                (Architecture::Llama, Some("k_proj")) => unpermute_rows(&t, cfg.num_key_value_heads)?,
+                (Architecture::Llama, Some("q_proj")) => {
+                    unpermute_rows(&t, cfg.num_attention_heads)?
+                }
+                (Architecture::Llama, Some("k_proj")) => {
+                    unpermute_rows(&t, cfg.num_key_value_heads)?
+                }
                 _ => t,
             };
             out.insert(hf, t);
@@ -278,8 +300,7 @@ pub fn permute_rows(t: &Tensor, n_heads: usize) -> Result<Tensor> {
         )));
     }
     let half = rows / n_heads / 2;
-    Ok(t
-        .reshape((n_heads, 2, half, rest))?
+    Ok(t.reshape((n_heads, 2, half, rest))?
         .transpose(1, 2)?
         .contiguous()?
         .reshape(dims)?)

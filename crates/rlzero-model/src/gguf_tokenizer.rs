@@ -9,8 +9,8 @@
 
 use serde_json::{json, Value as Json};
 
-use crate::gguf::GgufFile;
 use crate::error::{ModelError, Result};
+use crate::gguf::GgufFile;
 use crate::tokenizer::TextTokenizer;
 use candle_core::quantized::gguf_file::Value;
 
@@ -24,7 +24,8 @@ fn byte_alphabet() -> Vec<char> {
     let mut table = vec!['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         table[b as usize] = if printable {
             char::from_u32(b).unwrap_or('?')
         } else {
@@ -60,7 +61,9 @@ fn pre_tokenizer(pre: &str, file: &GgufFile) -> Result<(Json, bool)> {
             return Err(ModelError::InvalidField {
                 file: file.path.clone(),
                 field: "tokenizer.ggml.pre".into(),
-                reason: format!("pre-tokenizer `{other}` is not supported (smollm, llama3, llama-bpe, qwen2, gpt2)"),
+                reason: format!(
+                "pre-tokenizer `{other}` is not supported (smollm, llama3, llama-bpe, qwen2, gpt2)"
+            ),
             })
         }
     })
@@ -79,13 +82,19 @@ fn strings<'a>(file: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
     v.to_vec()
         .map_err(|e| bad(e.to_string()))?
         .iter()
-        .map(|x| x.to_string().map(|s| s.as_str()).map_err(|e| bad(e.to_string())))
+        .map(|x| {
+            x.to_string()
+                .map(|s| s.as_str())
+                .map_err(|e| bad(e.to_string()))
+        })
         .collect()
 }
 
 fn token_types(file: &GgufFile, n: usize) -> Result<Vec<i64>> {
     let key = "tokenizer.ggml.token_type";
-    let Some(v) = file.meta(key) else { return Ok(vec![1; n]) };
+    let Some(v) = file.meta(key) else {
+        return Ok(vec![1; n]);
+    };
     let bad = |reason: String| ModelError::InvalidField {
         file: file.path.clone(),
         field: key.to_string(),
@@ -110,7 +119,9 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<TextTokenizer> {
         return Err(ModelError::InvalidField {
             file: file.path.clone(),
             field: "tokenizer.ggml.model".into(),
-            reason: format!("tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`)"),
+            reason: format!(
+                "tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`)"
+            ),
         });
     }
     let tokens = strings(file, "tokenizer.ggml.tokens")?;
@@ -144,16 +155,24 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<TextTokenizer> {
         vocab.insert(spelled, json!(id));
         // llama.cpp token types: 3 = control (special), 4 = user-defined (added, not special).
         if (*ty == 3 && in_alphabet(tok)) || *ty == 4 {
-            added.push(json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": *ty == 3}));
+            added.push(
+                json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": *ty == 3}),
+            );
         }
     }
     let id_of = |key: &str| -> Result<Option<u32>> { Ok(file.meta_usize(key)?.map(|x| x as u32)) };
-    let token_at = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize)).map(|s| s.to_string());
+    let token_at = |id: Option<u32>| {
+        id.and_then(|i| tokens.get(i as usize))
+            .map(|s| s.to_string())
+    };
     let bos_id = id_of("tokenizer.ggml.bos_token_id")?;
     let eos_id = id_of("tokenizer.ggml.eos_token_id")?;
     let pad_id = id_of("tokenizer.ggml.padding_token_id")?;
-    let add_bos = matches!(file.meta("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true)));
+    let add_bos = matches!(
+        file.meta("tokenizer.ggml.add_bos_token"),
+        Some(Value::Bool(true))
+    );
     let post_processor = match (add_bos, token_at(bos_id)) {
         (true, Some(bos)) => json!({"type": "TemplateProcessing",
             "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
@@ -174,10 +193,11 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<TextTokenizer> {
             "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges},
     });
     let source_name = format!("{} (tokenizer metadata)", file.path.display());
-    let inner: tokenizers::Tokenizer = serde_json::from_value(tokenizer_json).map_err(|e| ModelError::Tokenizer {
-        source_name: source_name.clone(),
-        reason: e.to_string(),
-    })?;
+    let inner: tokenizers::Tokenizer =
+        serde_json::from_value(tokenizer_json).map_err(|e| ModelError::Tokenizer {
+            source_name: source_name.clone(),
+            reason: e.to_string(),
+        })?;
     let template = match file.meta("tokenizer.chat_template") {
         Some(_) => Some(file.meta_str("tokenizer.chat_template")?.to_string()),
         None => None,

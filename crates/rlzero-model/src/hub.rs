@@ -29,7 +29,10 @@ pub struct HubOptions {
 }
 
 fn truthy(v: &str) -> bool {
-    matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "1" | "true" | "yes" | "on"
+    )
 }
 
 impl HubOptions {
@@ -42,10 +45,14 @@ impl HubOptions {
     pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Self {
         let var = |k: &str| lookup(k).filter(|v| !v.is_empty());
         let hf_home = var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
-            let home = var("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+            let home = var("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."));
             home.join(".cache").join("huggingface")
         });
-        let cache_dir = var("HF_HUB_CACHE").map(PathBuf::from).unwrap_or_else(|| hf_home.join("hub"));
+        let cache_dir = var("HF_HUB_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| hf_home.join("hub"));
         let token = var("HF_TOKEN").or_else(|| {
             std::fs::read_to_string(hf_home.join("token"))
                 .ok()
@@ -133,7 +140,13 @@ impl HubRepo {
     pub fn require(&self, file: &str) -> Result<PathBuf> {
         self.get(file)?.ok_or_else(|| {
             if self.opts.offline {
-                self.err(file, format!("not in the cache at {} (HF_HUB_OFFLINE is set)", self.opts.cache_dir.display()))
+                self.err(
+                    file,
+                    format!(
+                        "not in the cache at {} (HF_HUB_OFFLINE is set)",
+                        self.opts.cache_dir.display()
+                    ),
+                )
             } else {
                 self.err(file, "not found in the repository")
             }
@@ -146,8 +159,10 @@ mod tests {
     use super::*;
 
     fn opts(vars: &[(&str, &str)]) -> HubOptions {
-        let map: std::collections::HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         HubOptions::from_vars(|k| map.get(k).cloned())
     }
 
@@ -158,13 +173,22 @@ mod tests {
         assert_eq!(o.endpoint, "https://huggingface.co");
         assert!(!o.offline && o.token.is_none());
 
-        let o = opts(&[("HF_HOME", "/data/hf"), ("HF_ENDPOINT", "http://127.0.0.1:8080"), ("HF_HUB_OFFLINE", "1"), ("HF_TOKEN", "hf_x")]);
+        let o = opts(&[
+            ("HF_HOME", "/data/hf"),
+            ("HF_ENDPOINT", "http://127.0.0.1:8080"),
+            ("HF_HUB_OFFLINE", "1"),
+            ("HF_TOKEN", "hf_x"),
+        ]);
         assert_eq!(o.cache_dir, PathBuf::from("/data/hf/hub"));
         assert_eq!(o.endpoint, "http://127.0.0.1:8080");
         assert!(o.offline);
         assert_eq!(o.token.as_deref(), Some("hf_x"));
 
-        let o = opts(&[("HF_HOME", "/data/hf"), ("HF_HUB_CACHE", "/fast/cache"), ("HF_HUB_OFFLINE", "0")]);
+        let o = opts(&[
+            ("HF_HOME", "/data/hf"),
+            ("HF_HUB_CACHE", "/fast/cache"),
+            ("HF_HUB_OFFLINE", "0"),
+        ]);
         assert_eq!(o.cache_dir, PathBuf::from("/fast/cache"));
         assert!(!o.offline);
     }

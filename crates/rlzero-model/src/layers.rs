@@ -19,7 +19,11 @@ impl Linear {
     /// Reads `{prefix}.weight` `(out, in)` and, if `bias`, `{prefix}.bias` `(out,)`.
     pub fn new(in_dim: usize, out_dim: usize, bias: bool, vb: Vb<'_>) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
-        let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
+        let bias = if bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
         Ok(Self { weight, bias })
     }
 

@@ -30,6 +30,8 @@ pub use config::{Architecture, DecoderConfig, RopeScaling};
 pub use decoder::{Decoder, LogitsToKeep};
 pub use error::{ModelError, Result};
 pub use hub::{HubOptions, HubRepo};
-pub use loader::{load, load_gguf_decoder, GenerationConfig, LoadOptions, LoadedModel, ModelSource};
+pub use loader::{
+    load, load_gguf_decoder, GenerationConfig, LoadOptions, LoadedModel, ModelSource,
+};
 pub use tokenizer::TextTokenizer;
 pub use weights::{WeightMode, Weights};

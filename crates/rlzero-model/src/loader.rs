@@ -103,7 +103,10 @@ impl GenerationConfig {
         };
         if let Some(path) = path {
             let json = read_json(path)?;
-            let f = Fields { file: path, obj: &json };
+            let f = Fields {
+                file: path,
+                obj: &json,
+            };
             let eos = f.token_ids("eos_token_id")?;
             if !eos.is_empty() {
                 g.eos_token_ids = eos;
@@ -152,7 +155,10 @@ fn dir_files(dir: &Path) -> Result<HfFiles> {
         }
     };
     let weights = match opt("model.safetensors.index.json") {
-        Some(index) => shard_files(&index)?.iter().map(|f| req(f)).collect::<Result<_>>()?,
+        Some(index) => shard_files(&index)?
+            .iter()
+            .map(|f| req(f))
+            .collect::<Result<_>>()?,
         None => vec![req("model.safetensors")?],
     };
     Ok(HfFiles {
@@ -222,7 +228,13 @@ fn gguf_decoder(file: &GgufFile, opts: &LoadOptions) -> Result<Decoder> {
         }
         config.rope_scaling = RopeScaling::Divisors(divisors);
     }
-    let weights = Weights::new(file.path.display().to_string(), tensors, opts.dtype, &opts.device, opts.mode)?;
+    let weights = Weights::new(
+        file.path.display().to_string(),
+        tensors,
+        opts.dtype,
+        &opts.device,
+        opts.mode,
+    )?;
     Decoder::new(&config, &weights, opts.mode)
 }
 

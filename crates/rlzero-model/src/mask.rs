@@ -50,7 +50,9 @@ impl MaskInfo {
                 )));
             }
             if row.iter().all(|&v| v == 0) {
-                return Err(ModelError::InvalidInput(format!("attention mask row {b} has no real token")));
+                return Err(ModelError::InvalidInput(format!(
+                    "attention mask row {b} has no real token"
+                )));
             }
             // Real tokens count up from 0; padding gets position 0 (its output is ignored).
             let mut seen = 0u32;

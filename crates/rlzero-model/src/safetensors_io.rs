@@ -29,10 +29,12 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
                 })
             }
         }
-        let t = view.load(&Device::Cpu).map_err(|e| ModelError::Safetensors {
-            file: path.to_path_buf(),
-            reason: format!("tensor `{name}`: {e}"),
-        })?;
+        let t = view
+            .load(&Device::Cpu)
+            .map_err(|e| ModelError::Safetensors {
+                file: path.to_path_buf(),
+                reason: format!("tensor `{name}`: {e}"),
+            })?;
         out.insert(name, t);
     }
     Ok(out)

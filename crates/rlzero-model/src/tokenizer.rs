@@ -36,7 +36,10 @@ impl std::fmt::Debug for TextTokenizer {
 fn token_string(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        Value::Object(o) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
         _ => None,
     }
 }
@@ -52,7 +55,14 @@ impl TextTokenizer {
         source_name: String,
     ) -> Result<Self> {
         let chat_template = chat_template_src
-            .map(|src| ChatTemplate::new(&src, bos_token.clone(), eos_token.clone(), source_name.clone()))
+            .map(|src| {
+                ChatTemplate::new(
+                    &src,
+                    bos_token.clone(),
+                    eos_token.clone(),
+                    source_name.clone(),
+                )
+            })
             .transpose()?;
         Ok(Self {
             inner,
@@ -74,10 +84,11 @@ impl TextTokenizer {
         eos_token_ids: Vec<u32>,
     ) -> Result<Self> {
         let bytes = read_file(tokenizer_json)?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| ModelError::Tokenizer {
-            source_name: tokenizer_json.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let inner =
+            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| ModelError::Tokenizer {
+                source_name: tokenizer_json.display().to_string(),
+                reason: e.to_string(),
+            })?;
         let cfg = match tokenizer_config {
             Some(p) => read_json(p)?,
             None => Value::Null,
@@ -86,32 +97,35 @@ impl TextTokenizer {
         let eos_token = token_string(cfg.get("eos_token"));
         let pad_token = token_string(cfg.get("pad_token"));
         // chat_template.jinja (transformers ≥ 4.43 saves it separately) wins over the config field.
-        let template = match chat_template_file {
-            Some(p) => Some(
-                String::from_utf8(read_file(p)?).map_err(|e| ModelError::ChatTemplate {
-                    source_name: p.display().to_string(),
-                    reason: format!("not UTF-8: {e}"),
-                })?,
-            ),
-            None => match cfg.get("chat_template") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(s.clone()),
-                // A list of named templates: take "default".
-                Some(Value::Array(xs)) => xs
-                    .iter()
-                    .find(|x| x.get("name").and_then(|n| n.as_str()) == Some("default"))
-                    .and_then(|x| x.get("template"))
-                    .and_then(|t| t.as_str())
-                    .map(str::to_string),
-                Some(other) => {
-                    return Err(ModelError::InvalidField {
-                        file: tokenizer_config.map(Path::to_path_buf).unwrap_or_default(),
-                        field: "chat_template".into(),
-                        reason: format!("expected a string or a list of named templates, got {other}"),
-                    })
-                }
-            },
-        };
+        let template =
+            match chat_template_file {
+                Some(p) => Some(String::from_utf8(read_file(p)?).map_err(|e| {
+                    ModelError::ChatTemplate {
+                        source_name: p.display().to_string(),
+                        reason: format!("not UTF-8: {e}"),
+                    }
+                })?),
+                None => match cfg.get("chat_template") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) => Some(s.clone()),
+                    // A list of named templates: take "default".
+                    Some(Value::Array(xs)) => xs
+                        .iter()
+                        .find(|x| x.get("name").and_then(|n| n.as_str()) == Some("default"))
+                        .and_then(|x| x.get("template"))
+                        .and_then(|t| t.as_str())
+                        .map(str::to_string),
+                    Some(other) => {
+                        return Err(ModelError::InvalidField {
+                            file: tokenizer_config.map(Path::to_path_buf).unwrap_or_default(),
+                            field: "chat_template".into(),
+                            reason: format!(
+                                "expected a string or a list of named templates, got {other}"
+                            ),
+                        })
+                    }
+                },
+            };
         let mut eos_token_ids = eos_token_ids;
         if eos_token_ids.is_empty() {
             if let Some(id) = eos_token.as_deref().and_then(|t| inner.token_to_id(t)) {
@@ -120,24 +134,37 @@ impl TextTokenizer {
         }
         let pad_token_id = pad_token.as_deref().and_then(|t| inner.token_to_id(t));
         let source_name = tokenizer_json.display().to_string();
-        Self::from_parts(inner, template, bos_token, eos_token, eos_token_ids, pad_token_id, source_name)
+        Self::from_parts(
+            inner,
+            template,
+            bos_token,
+            eos_token,
+            eos_token_ids,
+            pad_token_id,
+            source_name,
+        )
     }
 
     /// Token ids of `text`; `add_special_tokens` applies the post-processor (e.g. a BOS).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, add_special_tokens).map_err(|e| ModelError::Tokenizer {
-            source_name: self.source_name.clone(),
-            reason: e.to_string(),
-        })?;
+        let enc =
+            self.inner
+                .encode(text, add_special_tokens)
+                .map_err(|e| ModelError::Tokenizer {
+                    source_name: self.source_name.clone(),
+                    reason: e.to_string(),
+                })?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Text of `ids`; `skip_special_tokens` drops control tokens such as `<|im_end|>`.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special_tokens).map_err(|e| ModelError::Tokenizer {
-            source_name: self.source_name.clone(),
-            reason: e.to_string(),
-        })
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| ModelError::Tokenizer {
+                source_name: self.source_name.clone(),
+                reason: e.to_string(),
+            })
     }
 
     /// The id of a single token string, if it is in the vocabulary.
@@ -156,11 +183,18 @@ impl TextTokenizer {
     }
 
     /// Renders a conversation to the prompt string the model was trained on.
-    pub fn apply_chat_template(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let t = self.chat_template.as_ref().ok_or_else(|| ModelError::ChatTemplate {
-            source_name: self.source_name.clone(),
-            reason: "this tokenizer has no chat template".into(),
-        })?;
+    pub fn apply_chat_template(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let t = self
+            .chat_template
+            .as_ref()
+            .ok_or_else(|| ModelError::ChatTemplate {
+                source_name: self.source_name.clone(),
+                reason: "this tokenizer has no chat template".into(),
+            })?;
         t.render(messages, add_generation_prompt)
     }
 

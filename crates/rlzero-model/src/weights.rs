@@ -83,10 +83,13 @@ impl Weights {
     }
 
     fn fetch(&self, name: &str, shape: &Shape) -> Result<Tensor> {
-        let t = self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
-            source_name: self.source_name.clone(),
-            tensor: name.to_string(),
-        })?;
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                source_name: self.source_name.clone(),
+                tensor: name.to_string(),
+            })?;
         if t.shape() != shape {
             return Err(ModelError::ShapeMismatch {
                 source_name: self.source_name.clone(),
