@@ -1,1 +1,9 @@
+//! # rlzero
+//!
+//! R1-Zero-style reinforcement learning for small open language models, in Rust on candle.
+//!
+//! * [`model`]: trainable Llama / Qwen2 / Qwen3 decoders, loading from the Hub, HF directories
+//!   and GGUF files, tokenizers and chat templates.
+//! * [`rollout`]: batched sampling with a KV cache whose log-probs are the trainer's.
 pub use rlzero_model as model;
+pub use rlzero_rollout as rollout;

@@ -121,6 +121,11 @@ impl Decoder {
         self.embed_tokens.device()
     }
 
+    /// The rotary frequencies this decoder uses.
+    pub fn rotary(&self) -> &Rotary {
+        &self.rotary
+    }
+
     /// Whether this decoder's weights are variables.
     pub fn mode(&self) -> WeightMode {
         self.mode

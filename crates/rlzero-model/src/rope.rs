@@ -80,6 +80,11 @@ impl Rotary {
         Self { inv_freq }
     }
 
+    /// The frequencies `f_i` (after scaling), `head_dim / 2` of them.
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
     /// `cos` and `sin` tables for integer positions `(B, T)`, each `(B, 1, T, d)` in `dtype`.
     pub fn cos_sin(&self, positions: &Tensor, dtype: DType) -> Result<(Tensor, Tensor)> {
         let dev = positions.device();

@@ -1,0 +1,385 @@
+//! The no-grad decode path: the same decoder as `rlzero_model::Decoder`, evaluated on plain f32
+//! slices that borrow the decoder's own weight storage (no copy; an optimizer step on the
+//! trainable weights is seen by the next rollout), with a per-sequence [`KvCache`].
+//!
+//! One call advances any set of sequences by any number of new tokens each: a prompt's prefill
+//! is one sequence with `T` new tokens, a decode step is `N` sequences with one token each. Rows
+//! of all sequences go through the linear maps together (see [`crate::kernels`]); attention runs
+//! per row over that row's own cache.
+
+use candle_core::{DType, Layout, Storage, StorageRef, Tensor};
+use rlzero_model::{Architecture, Decoder, DecoderConfig};
+
+use crate::error::{Result, RolloutError};
+use crate::kernels::linear;
+use crate::kv_cache::KvCache;
+
+/// Read locks on every weight tensor of a decoder, held while a rollout runs.
+pub struct WeightGuards<'t> {
+    guards: Vec<(StorageRef<'t>, &'t Layout)>,
+}
+
+/// The tensors in the fixed order [`FastDecoder::new`] consumes them.
+fn ordered_tensors(d: &Decoder) -> Vec<&Tensor> {
+    let mut ts = vec![&d.embed_tokens];
+    for l in &d.layers {
+        let a = &l.self_attn;
+        ts.push(&l.input_layernorm.weight);
+        for p in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj] {
+            ts.push(&p.weight);
+            ts.extend(p.bias.iter());
+        }
+        ts.extend(a.q_norm.iter().map(|n| &n.weight));
+        ts.extend(a.k_norm.iter().map(|n| &n.weight));
+        ts.push(&l.post_attention_layernorm.weight);
+        for p in [&l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj] {
+            ts.push(&p.weight);
+            ts.extend(p.bias.iter());
+        }
+    }
+    ts.push(&d.norm.weight);
+    ts.push(&d.lm_head.weight);
+    ts
+}
+
+impl<'t> WeightGuards<'t> {
+    /// Locks the weights of `d`; they must be contiguous f32 on the CPU.
+    pub fn lock(d: &'t Decoder) -> Result<Self> {
+        if d.dtype() != DType::F32 || !d.device().is_cpu() {
+            return Err(RolloutError::UnsupportedModel(format!(
+                "{:?} on {:?}",
+                d.dtype(),
+                d.device()
+            )));
+        }
+        let guards = ordered_tensors(d)
+            .into_iter()
+            .map(|t| {
+                if !t.is_contiguous() {
+                    return Err(RolloutError::UnsupportedModel(
+                        "a non-contiguous weight".into(),
+                    ));
+                }
+                Ok(t.storage_and_layout())
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { guards })
+    }
+
+    fn slices(&self) -> Result<Vec<&[f32]>> {
+        self.guards
+            .iter()
+            .map(|(g, l)| match &**g {
+                Storage::Cpu(c) => {
+                    let s = c.as_slice::<f32>()?;
+                    Ok(&s[l.start_offset()..l.start_offset() + l.shape().elem_count()])
+                }
+                _ => Err(RolloutError::UnsupportedModel(
+                    "weights not on the CPU".into(),
+                )),
+            })
+            .collect()
+    }
+}
+
+/// A linear map's weight `(out, in)` and optional bias.
+struct Lin<'a> {
+    w: &'a [f32],
+    b: Option<&'a [f32]>,
+    out: usize,
+    inp: usize,
+}
+
+impl Lin<'_> {
+    fn apply(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        linear(x, rows, self.inp, self.w, self.out, self.b)
+    }
+}
+
+struct Layer<'a> {
+    in_norm: &'a [f32],
+    q: Lin<'a>,
+    k: Lin<'a>,
+    v: Lin<'a>,
+    o: Lin<'a>,
+    q_norm: Option<&'a [f32]>,
+    k_norm: Option<&'a [f32]>,
+    post_norm: &'a [f32],
+    gate: Lin<'a>,
+    up: Lin<'a>,
+    down: Lin<'a>,
+}
+
+/// The decoder as slices, ready to run.
+pub struct FastDecoder<'a> {
+    cfg: DecoderConfig,
+    embed: &'a [f32],
+    layers: Vec<Layer<'a>>,
+    norm: &'a [f32],
+    lm_head: Lin<'a>,
+    inv_freq: Vec<f32>,
+}
+
+impl<'a> FastDecoder<'a> {
+    pub fn new(d: &Decoder, guards: &'a WeightGuards<'_>) -> Result<Self> {
+        let cfg = d.cfg.clone();
+        let (h, kv, hd, inter) = (
+            cfg.hidden_size,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            cfg.intermediate_size,
+        );
+        let nq = cfg.num_attention_heads * hd;
+        let mut it = guards.slices()?.into_iter();
+        let mut next = || {
+            it.next()
+                .expect("ordered_tensors and FastDecoder::new agree")
+        };
+        let embed = next();
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in &d.layers {
+            let a = &l.self_attn;
+            let in_norm = next();
+            let mut lin = |p: &rlzero_model::layers::Linear, out: usize, inp: usize| Lin {
+                w: next(),
+                b: if p.bias.is_some() { Some(next()) } else { None },
+                out,
+                inp,
+            };
+            let q = lin(&a.q_proj, nq, h);
+            let k = lin(&a.k_proj, kv * hd, h);
+            let v = lin(&a.v_proj, kv * hd, h);
+            let o = lin(&a.o_proj, h, nq);
+            let q_norm = a.q_norm.as_ref().map(|_| next());
+            let k_norm = a.k_norm.as_ref().map(|_| next());
+            let post_norm = next();
+            let mut lin = |p: &rlzero_model::layers::Linear, out: usize, inp: usize| Lin {
+                w: next(),
+                b: if p.bias.is_some() { Some(next()) } else { None },
+                out,
+                inp,
+            };
+            let gate = lin(&l.mlp.gate_proj, inter, h);
+            let up = lin(&l.mlp.up_proj, inter, h);
+            let down = lin(&l.mlp.down_proj, h, inter);
+            layers.push(Layer {
+                in_norm,
+                q,
+                k,
+                v,
+                o,
+                q_norm,
+                k_norm,
+                post_norm,
+                gate,
+                up,
+                down,
+            });
+        }
+        let norm = next();
+        let lm_head = Lin {
+            w: next(),
+            b: None,
+            out: cfg.vocab_size,
+            inp: h,
+        };
+        debug_assert!(matches!(
+            cfg.architecture,
+            Architecture::Llama | Architecture::Qwen2 | Architecture::Qwen3
+        ));
+        Ok(Self {
+            inv_freq: d.rotary().inv_freq().to_vec(),
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    pub fn config(&self) -> &DecoderConfig {
+        &self.cfg
+    }
+
+    /// A cache sized for this model, with room for `initial` tokens.
+    pub fn new_cache(&self, initial: usize) -> KvCache {
+        let c = &self.cfg;
+        KvCache::new(
+            c.num_hidden_layers,
+            c.num_key_value_heads * c.head_dim,
+            initial,
+            64,
+        )
+    }
+
+    /// Appends `tokens[s]` to sequence `s` (whose cache is `caches[s]`) and returns the logits
+    /// `(S, V)` after each sequence's last new token.
+    pub fn step(&self, caches: &mut [&mut KvCache], tokens: &[&[u32]]) -> Vec<f32> {
+        let c = &self.cfg;
+        let (h, nh, nkv, hd) = (
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+        );
+        // Row r belongs to sequence row_seq[r] at position row_pos[r].
+        let mut row_seq = vec![];
+        let mut row_pos = vec![];
+        for (s, toks) in tokens.iter().enumerate() {
+            caches[s].reserve(toks.len());
+            for j in 0..toks.len() {
+                row_seq.push(s);
+                row_pos.push(caches[s].len + j);
+            }
+        }
+        let rows = row_seq.len();
+        let mut x = Vec::with_capacity(rows * h);
+        for toks in tokens {
+            for &t in *toks {
+                x.extend_from_slice(&self.embed[t as usize * h..(t as usize + 1) * h]);
+            }
+        }
+        let (cos, sin) = self.rope_tables(&row_pos);
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (li, l) in self.layers.iter().enumerate() {
+            let hn = rms_norm(&x, l.in_norm, h, c.rms_norm_eps);
+            let mut q = l.q.apply(&hn, rows);
+            let mut k = l.k.apply(&hn, rows);
+            let v = l.v.apply(&hn, rows);
+            if let (Some(qn), Some(kn)) = (l.q_norm, l.k_norm) {
+                q = rms_norm(&q, qn, hd, c.rms_norm_eps);
+                k = rms_norm(&k, kn, hd, c.rms_norm_eps);
+            }
+            rope(&mut q, &cos, &sin, nh, hd);
+            rope(&mut k, &cos, &sin, nkv, hd);
+            // Append this step's keys/values, sequence by sequence (rows are grouped by sequence).
+            let mut r0 = 0;
+            for (s, toks) in tokens.iter().enumerate() {
+                let n = toks.len();
+                caches[s].push(
+                    li,
+                    &k[r0 * nkv * hd..(r0 + n) * nkv * hd],
+                    &v[r0 * nkv * hd..(r0 + n) * nkv * hd],
+                );
+                r0 += n;
+            }
+            let att = attention(&q, caches, &row_seq, &row_pos, li, nh, nkv, hd, scale);
+            let o = l.o.apply(&att, rows);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            let hn = rms_norm(&x, l.post_norm, h, c.rms_norm_eps);
+            let g = l.gate.apply(&hn, rows);
+            let u = l.up.apply(&hn, rows);
+            let a: Vec<f32> = g
+                .iter()
+                .zip(&u)
+                .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+                .collect();
+            let d = l.down.apply(&a, rows);
+            x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
+        }
+        for (s, toks) in tokens.iter().enumerate() {
+            caches[s].advance(toks.len());
+        }
+        // Logits only for each sequence's last row.
+        let mut last = Vec::with_capacity(tokens.len() * h);
+        let mut r = 0;
+        for toks in tokens {
+            r += toks.len();
+            last.extend_from_slice(&x[(r - 1) * h..r * h]);
+        }
+        let last = rms_norm(&last, self.norm, h, c.rms_norm_eps);
+        self.lm_head.apply(&last, tokens.len())
+    }
+
+    /// `cos`/`sin` `(rows, head_dim / 2)` for each row's position, computed as the trainable
+    /// path computes them (f32 position × f32 frequency, then cos/sin in f32).
+    fn rope_tables(&self, pos: &[usize]) -> (Vec<f32>, Vec<f32>) {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(pos.len() * half);
+        let mut sin = Vec::with_capacity(pos.len() * half);
+        for &p in pos {
+            for &f in &self.inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        (cos, sin)
+    }
+}
+
+/// RMSNorm over consecutive groups of `dim` values.
+fn rms_norm(x: &[f32], w: &[f32], dim: usize, eps: f64) -> Vec<f32> {
+    let mut y = Vec::with_capacity(x.len());
+    for row in x.chunks(dim) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / dim as f32;
+        let inv = 1.0 / (ms + eps as f32).sqrt();
+        y.extend(row.iter().zip(w).map(|(v, w)| v * inv * w));
+    }
+    y
+}
+
+/// Rotate-half RoPE in place on `(rows, heads, dim)`.
+fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], heads: usize, dim: usize) {
+    let half = dim / 2;
+    for (r, row) in x.chunks_mut(heads * dim).enumerate() {
+        let (c, s) = (
+            &cos[r * half..(r + 1) * half],
+            &sin[r * half..(r + 1) * half],
+        );
+        for head in row.chunks_mut(dim) {
+            for i in 0..half {
+                let (a, b) = (head[i], head[i + half]);
+                head[i] = a * c[i] - b * s[i];
+                head[i + half] = b * c[i] + a * s[i];
+            }
+        }
+    }
+}
+
+/// Causal attention of each row over its sequence's cache up to (and including) its position.
+#[allow(clippy::too_many_arguments)]
+fn attention(
+    q: &[f32],
+    caches: &[&mut KvCache],
+    row_seq: &[usize],
+    row_pos: &[usize],
+    layer: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let group = nh / nkv;
+    let kv_row = nkv * hd;
+    let mut out = vec![0f32; q.len()];
+    let mut scores = Vec::new();
+    for (r, (&s, &p)) in row_seq.iter().zip(row_pos).enumerate() {
+        let (keys, values) = (&caches[s].keys[layer], &caches[s].values[layer]);
+        let len = p + 1;
+        for head in 0..nh {
+            let g = head / group;
+            let qh = &q[(r * nh + head) * hd..(r * nh + head + 1) * hd];
+            scores.clear();
+            let mut max = f32::NEG_INFINITY;
+            for j in 0..len {
+                let kj = &keys[j * kv_row + g * hd..j * kv_row + (g + 1) * hd];
+                let sc = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                max = max.max(sc);
+                scores.push(sc);
+            }
+            let mut z = 0f32;
+            scores.iter_mut().for_each(|sc| {
+                *sc = (*sc - max).exp();
+                z += *sc;
+            });
+            let oh = &mut out[(r * nh + head) * hd..(r * nh + head + 1) * hd];
+            for (j, &w) in scores.iter().enumerate() {
+                let vj = &values[j * kv_row + g * hd..j * kv_row + (g + 1) * hd];
+                let w = w / z;
+                oh.iter_mut().zip(vj).for_each(|(o, v)| *o += w * v);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,211 @@
+//! `rollout`: G sampled completions for each of a batch of prompts.
+//!
+//! 1. Each prompt is prefilled once; its KV cache is then copied into each of its G sample slots
+//!    (the prompt's keys and values are computed once, not G times).
+//! 2. Decoding is batched across every live sequence of every prompt; a sequence that finishes
+//!    (EOS, stop string, length) leaves the batch, so it stops costing compute.
+//! 3. Each sample draws from its own random stream seeded by (seed, step, prompt, sample), so the
+//!    same request gives the same completions whatever the batch size or thread count.
+//! 4. Each token comes with its log-prob under `softmax(logits / T)`, the distribution the
+//!    trainer's forward computes (see [`crate::sampler`] for why truncation is not applied).
+
+use rayon::prelude::*;
+use rlzero_model::{Decoder, TextTokenizer};
+
+use crate::error::{Result, RolloutError};
+use crate::fast_forward::{FastDecoder, WeightGuards};
+use crate::kv_cache::KvCache;
+use crate::params::SamplingParams;
+use crate::rng::SampleRng;
+use crate::sampler::sample;
+
+/// Why a completion ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model emitted one of the EOS ids (kept as the last token).
+    Eos,
+    /// The decoded text contains a stop string (text cut right after it).
+    Stop,
+    /// `max_new_tokens` or the model's context was reached.
+    Length,
+}
+
+/// One sampled completion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub prompt_index: usize,
+    pub sample_index: usize,
+    /// Generated ids, including a final EOS id when `finish_reason` is `Eos`.
+    pub token_ids: Vec<u32>,
+    /// `log softmax(logits / T)` of each generated token, as the trainer computes it.
+    pub logprobs: Vec<f32>,
+    pub finish_reason: FinishReason,
+    /// Decoded completion without special tokens (cut after the stop string for `Stop`).
+    pub text: String,
+}
+
+struct Live {
+    prompt: usize,
+    sample: usize,
+    cache: KvCache,
+    rng: SampleRng,
+    /// Prompt followed by the completion so far (repetition penalty reads it).
+    context: Vec<u32>,
+    prompt_len: usize,
+    logprobs: Vec<f32>,
+    finish: Option<FinishReason>,
+    text: Option<String>,
+}
+
+impl Live {
+    fn generated(&self) -> &[u32] {
+        &self.context[self.prompt_len..]
+    }
+}
+
+fn validate(
+    d: &Decoder,
+    prompts: &[Vec<u32>],
+    group_size: usize,
+    p: &SamplingParams,
+) -> Result<()> {
+    p.validate()?;
+    if prompts.is_empty() {
+        return Err(RolloutError::NoPrompts);
+    }
+    if group_size == 0 {
+        return Err(RolloutError::ZeroGroupSize);
+    }
+    let (vocab, max) = (d.cfg.vocab_size, d.cfg.max_position_embeddings);
+    for (index, pr) in prompts.iter().enumerate() {
+        if pr.is_empty() {
+            return Err(RolloutError::EmptyPrompt { index });
+        }
+        if pr.len() >= max {
+            return Err(RolloutError::PromptTooLong {
+                index,
+                len: pr.len(),
+                max,
+            });
+        }
+        if let Some(&id) = pr.iter().find(|&&t| t as usize >= vocab) {
+            return Err(RolloutError::TokenOutOfVocab { index, id, vocab });
+        }
+    }
+    Ok(())
+}
+
+/// Samples `group_size` completions for each prompt (token ids, e.g. a rendered chat template).
+/// Results are ordered prompt-major: `[p0s0, p0s1, …, p1s0, …]`. `step` is the optimizer step,
+/// one coordinate of every sample's random stream.
+pub fn rollout(
+    decoder: &Decoder,
+    tokenizer: &TextTokenizer,
+    prompts: &[Vec<u32>],
+    group_size: usize,
+    params: &SamplingParams,
+    step: u64,
+) -> Result<Vec<Completion>> {
+    validate(decoder, prompts, group_size, params)?;
+    let guards = WeightGuards::lock(decoder)?;
+    let model = FastDecoder::new(decoder, &guards)?;
+    let max_ctx = decoder.cfg.max_position_embeddings;
+    let vocab = decoder.cfg.vocab_size;
+
+    // 1. Prefill each prompt once, then fan out into its G samples.
+    let mut live: Vec<Live> = Vec::with_capacity(prompts.len() * group_size);
+    for (pi, prompt) in prompts.iter().enumerate() {
+        let budget = (prompt.len() + params.max_new_tokens).min(max_ctx);
+        let mut cache = model.new_cache(budget);
+        let logits = model.step(&mut [&mut cache], &[prompt.as_slice()]);
+        for si in 0..group_size {
+            let mut s = Live {
+                prompt: pi,
+                sample: si,
+                cache: cache.clone(),
+                rng: SampleRng::new(params.seed, step, pi as u64, si as u64),
+                context: prompt.clone(),
+                prompt_len: prompt.len(),
+                logprobs: Vec::with_capacity(params.max_new_tokens),
+                finish: None,
+                text: None,
+            };
+            s.cache.reserve(budget - prompt.len());
+            accept(&mut s, &logits[..vocab], params, tokenizer, max_ctx)?;
+            live.push(s);
+        }
+    }
+
+    // 2. Batched decoding over every unfinished sequence.
+    loop {
+        let mut active: Vec<&mut Live> = live.iter_mut().filter(|s| s.finish.is_none()).collect();
+        if active.is_empty() {
+            break;
+        }
+        let last: Vec<[u32; 1]> = active
+            .iter()
+            .map(|s| [*s.context.last().expect("non-empty")])
+            .collect();
+        let tokens: Vec<&[u32]> = last.iter().map(|t| t.as_slice()).collect();
+        let mut caches: Vec<&mut KvCache> = active.iter_mut().map(|s| &mut s.cache).collect();
+        let logits = model.step(&mut caches, &tokens);
+        active
+            .par_iter_mut()
+            .zip(logits.par_chunks(vocab))
+            .try_for_each(|(s, row)| accept(s, row, params, tokenizer, max_ctx))?;
+    }
+
+    Ok(live
+        .into_iter()
+        .map(|s| {
+            let text = match s.text {
+                Some(t) => t,
+                None => tokenizer.decode(s.generated(), true).unwrap_or_default(),
+            };
+            Completion {
+                prompt_index: s.prompt,
+                sample_index: s.sample,
+                token_ids: s.context[s.prompt_len..].to_vec(),
+                logprobs: s.logprobs,
+                finish_reason: s.finish.unwrap_or(FinishReason::Length),
+                text,
+            }
+        })
+        .collect())
+}
+
+/// Samples the next token of `s` from `logits` and decides whether `s` is finished.
+fn accept(
+    s: &mut Live,
+    logits: &[f32],
+    p: &SamplingParams,
+    tok: &TextTokenizer,
+    max_ctx: usize,
+) -> Result<()> {
+    let n = s.context.len() - s.prompt_len;
+    let (t, lp) = sample(logits, p, &s.context, n, &mut s.rng);
+    s.context.push(t);
+    s.logprobs.push(lp);
+    let n = n + 1;
+    if p.eos_token_ids.contains(&t) {
+        s.finish = Some(FinishReason::Eos);
+        return Ok(());
+    }
+    if !p.stop_strings.is_empty() {
+        let text = tok.decode(s.generated(), true)?;
+        let hit = p
+            .stop_strings
+            .iter()
+            .filter_map(|stop| text.find(stop.as_str()).map(|i| i + stop.len()))
+            .min();
+        if let Some(end) = hit {
+            s.text = Some(text[..end].to_string());
+            s.finish = Some(FinishReason::Stop);
+            return Ok(());
+        }
+    }
+    if n >= p.max_new_tokens || s.context.len() >= max_ctx {
+        s.finish = Some(FinishReason::Length);
+    }
+    Ok(())
+}

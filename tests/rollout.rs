@@ -1,0 +1,278 @@
+//! Rollouts on the tiny checkpoints: log-probs equal the trainable forward's, completions are
+//! reproducible across batch composition and thread count, finish reasons, and bad requests.
+
+mod common;
+
+use candle_core::{Device, Tensor, D};
+use common::fixtures;
+use rlzero::model::{load, LoadOptions, LoadedModel, LogitsToKeep, ModelSource, WeightMode};
+use rlzero::rollout::{rollout, Completion, FinishReason, RolloutError, SamplingParams};
+
+fn tiny(name: &str) -> LoadedModel {
+    let opts = LoadOptions {
+        mode: WeightMode::Trainable,
+        ..LoadOptions::default()
+    };
+    load(&ModelSource::Dir(fixtures().join(name)), &opts).unwrap()
+}
+
+fn prompts() -> Vec<Vec<u32>> {
+    vec![
+        vec![5, 17, 99, 3, 64, 127, 8, 42],
+        vec![9, 100, 23],
+        vec![77, 11, 30, 31, 32, 33],
+    ]
+}
+
+/// Log-probs of `c`'s tokens under the trainable forward at temperature `t`.
+pub fn trainer_logprobs(m: &LoadedModel, prompt: &[u32], c: &Completion, t: f64) -> Vec<f32> {
+    let mut ids = prompt.to_vec();
+    ids.extend(&c.token_ids);
+    let n = c.token_ids.len();
+    let x = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let logits = m
+        .decoder
+        .forward(&x, &x.ones_like().unwrap(), LogitsToKeep::Last(n + 1))
+        .unwrap();
+    let logits = (logits.narrow(1, 0, n).unwrap() / t).unwrap(); // positions predicting each token
+    let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let idx = Tensor::new(c.token_ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(1)
+        .unwrap();
+    lp.gather(&idx, 1)
+        .unwrap()
+        .squeeze(1)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn rollout_logprobs_equal_the_trainable_forward() {
+    for name in common::TINY {
+        let m = tiny(name);
+        for temperature in [1.0, 0.7] {
+            let p = SamplingParams {
+                temperature,
+                max_new_tokens: 20,
+                seed: 3,
+                ..Default::default()
+            };
+            let out = rollout(&m.decoder, &m.tokenizer, &prompts(), 3, &p, 0).unwrap();
+            assert_eq!(out.len(), 9);
+            let mut worst = 0f32;
+            for c in &out {
+                let want = trainer_logprobs(&m, &prompts()[c.prompt_index], c, temperature);
+                for (a, b) in c.logprobs.iter().zip(&want) {
+                    worst = worst.max((a - b).abs());
+                }
+            }
+            eprintln!("{name} T={temperature}: max |rollout − trainer| log-prob {worst:e}");
+            assert!(worst <= 1e-4, "{name}: {worst}");
+        }
+    }
+}
+
+#[test]
+fn completions_do_not_depend_on_batch_or_threads() {
+    let m = tiny("tiny-qwen2");
+    let p = SamplingParams {
+        max_new_tokens: 12,
+        seed: 42,
+        ..Default::default()
+    };
+    let full = rollout(&m.decoder, &m.tokenizer, &prompts(), 4, &p, 7).unwrap();
+    // Fewer samples per prompt: the common samples are identical.
+    let two = rollout(&m.decoder, &m.tokenizer, &prompts(), 2, &p, 7).unwrap();
+    for c in &two {
+        assert_eq!(
+            Some(c),
+            full.iter()
+                .find(|f| f.prompt_index == c.prompt_index && f.sample_index == c.sample_index)
+        );
+    }
+    // Fewer prompts (a prefix keeps the prompt indices): identical.
+    let one = rollout(&m.decoder, &m.tokenizer, &prompts()[..1], 4, &p, 7).unwrap();
+    assert_eq!(one.as_slice(), &full[..4]);
+    // One thread instead of the default pool: identical.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let single = pool.install(|| rollout(&m.decoder, &m.tokenizer, &prompts(), 4, &p, 7).unwrap());
+    assert_eq!(single, full);
+    // Another step or seed: different samples.
+    let other = rollout(&m.decoder, &m.tokenizer, &prompts(), 4, &p, 8).unwrap();
+    assert_ne!(other, full);
+    // Samples within a group differ from each other.
+    assert!(full[..4]
+        .windows(2)
+        .any(|w| w[0].token_ids != w[1].token_ids));
+}
+
+#[test]
+fn finish_reasons() {
+    let m = tiny("tiny-llama");
+    let greedy = SamplingParams {
+        greedy: true,
+        max_new_tokens: 6,
+        ..Default::default()
+    };
+    let out = rollout(&m.decoder, &m.tokenizer, &prompts()[..1], 1, &greedy, 0).unwrap();
+    let c = &out[0];
+    assert_eq!(
+        (c.finish_reason, c.token_ids.len()),
+        (FinishReason::Length, 6)
+    );
+    let first = c.token_ids[0];
+
+    // The greedy first token declared EOS: finishes at once, EOS kept as the last token.
+    let p = SamplingParams {
+        eos_token_ids: vec![first],
+        ..greedy.clone()
+    };
+    let c = &rollout(&m.decoder, &m.tokenizer, &prompts()[..1], 1, &p, 0).unwrap()[0];
+    assert_eq!(
+        (c.finish_reason, c.token_ids.clone()),
+        (FinishReason::Eos, vec![first])
+    );
+
+    // ... unless min_new_tokens bans EOS for a while.
+    let p = SamplingParams {
+        eos_token_ids: vec![first],
+        min_new_tokens: 3,
+        ..greedy.clone()
+    };
+    let c = &rollout(&m.decoder, &m.tokenizer, &prompts()[..1], 1, &p, 0).unwrap()[0];
+    assert!(c.token_ids.len() >= 3 && c.token_ids[..3].iter().all(|&t| t != first));
+
+    // A stop string: the text of the second greedy token.
+    let second = m.tokenizer.decode(&out[0].token_ids[1..2], true).unwrap();
+    let p = SamplingParams {
+        stop_strings: vec![second.clone()],
+        ..greedy.clone()
+    };
+    let c = &rollout(&m.decoder, &m.tokenizer, &prompts()[..1], 1, &p, 0).unwrap()[0];
+    assert_eq!(c.finish_reason, FinishReason::Stop);
+    assert!(c.text.ends_with(&second) && c.token_ids.len() == 2, "{c:?}");
+}
+
+#[test]
+fn bad_requests_are_typed_errors() {
+    let m = tiny("tiny-qwen3");
+    let ok = SamplingParams {
+        max_new_tokens: 4,
+        ..Default::default()
+    };
+    let run = |prompts: &[Vec<u32>], g: usize, p: &SamplingParams| {
+        rollout(&m.decoder, &m.tokenizer, prompts, g, p, 0)
+            .err()
+            .unwrap()
+    };
+    assert!(matches!(run(&[], 1, &ok), RolloutError::NoPrompts));
+    assert!(matches!(
+        run(&[vec![1], vec![]], 1, &ok),
+        RolloutError::EmptyPrompt { index: 1 }
+    ));
+    assert!(matches!(
+        run(&[vec![5; 256]], 1, &ok),
+        RolloutError::PromptTooLong {
+            index: 0,
+            len: 256,
+            max: 256
+        }
+    ));
+    assert!(matches!(
+        run(&[vec![500]], 1, &ok),
+        RolloutError::TokenOutOfVocab { id: 500, .. }
+    ));
+    assert!(matches!(
+        run(&[vec![1]], 0, &ok),
+        RolloutError::ZeroGroupSize
+    ));
+    for (bad, name) in [
+        (
+            SamplingParams {
+                max_new_tokens: 0,
+                ..ok.clone()
+            },
+            "max_new_tokens",
+        ),
+        (
+            SamplingParams {
+                temperature: 0.0,
+                ..ok.clone()
+            },
+            "temperature",
+        ),
+        (
+            SamplingParams {
+                temperature: f64::NAN,
+                ..ok.clone()
+            },
+            "temperature",
+        ),
+        (
+            SamplingParams {
+                top_p: 0.0,
+                ..ok.clone()
+            },
+            "top_p",
+        ),
+        (
+            SamplingParams {
+                top_p: 1.5,
+                ..ok.clone()
+            },
+            "top_p",
+        ),
+        (
+            SamplingParams {
+                top_k: Some(0),
+                ..ok.clone()
+            },
+            "top_k",
+        ),
+        (
+            SamplingParams {
+                min_p: 1.0,
+                ..ok.clone()
+            },
+            "min_p",
+        ),
+        (
+            SamplingParams {
+                repetition_penalty: -1.0,
+                ..ok.clone()
+            },
+            "repetition_penalty",
+        ),
+        (
+            SamplingParams {
+                min_new_tokens: 5,
+                ..ok.clone()
+            },
+            "min_new_tokens",
+        ),
+        (
+            SamplingParams {
+                stop_strings: vec![String::new()],
+                ..ok.clone()
+            },
+            "stop_strings",
+        ),
+    ] {
+        let e = run(&[vec![1]], 1, &bad);
+        assert!(
+            matches!(e, RolloutError::InvalidParam { name: n, .. } if n == name),
+            "{name}: {e}"
+        );
+    }
+}
