@@ -276,3 +276,30 @@ fn bad_requests_are_typed_errors() {
         );
     }
 }
+
+#[test]
+fn finished_sequences_stop_costing_compute() {
+    let m = tiny("tiny-qwen3");
+    // A common token as EOS so completions end at different lengths.
+    let p = SamplingParams {
+        max_new_tokens: 30,
+        eos_token_ids: (0..40).collect(),
+        seed: 5,
+        ..Default::default()
+    };
+    let (out, stats) =
+        rlzero::rollout::rollout_with_stats(&m.decoder, &m.tokenizer, &prompts(), 4, &p, 0)
+            .unwrap();
+    let lens: Vec<usize> = out.iter().map(|c| c.token_ids.len()).collect();
+    assert!(
+        lens.iter().any(|&l| l < 30) && lens.iter().min() != lens.iter().max(),
+        "{lens:?}"
+    );
+    assert_eq!(stats.decode_rows, lens.iter().map(|l| l - 1).sum::<usize>());
+    assert!(stats.decode_rows < stats.decode_steps * out.len());
+    for c in &out {
+        let eos = p.eos_token_ids.contains(c.token_ids.last().unwrap());
+        assert_eq!(c.finish_reason == FinishReason::Eos, eos);
+        assert_eq!(c.logprobs.len(), c.token_ids.len());
+    }
+}

@@ -154,3 +154,58 @@ fn greedy_answer_mentions_paris() {
     eprintln!("greedy: {answer:?}");
     assert!(answer.contains("Paris"), "{answer:?}");
 }
+
+#[test]
+#[ignore = "needs models/ (scripts/fetch-models.sh)"]
+fn rollout_logprobs_equal_the_trainable_forward() {
+    use rlzero::rollout::{rollout, SamplingParams};
+    let m = model();
+    let prompt = m
+        .tokenizer
+        .apply_chat_template(
+            &[Message::user("What is 23+19? Answer with just the number.")],
+            true,
+        )
+        .unwrap();
+    let ids = m.tokenizer.encode(&prompt, false).unwrap();
+    let p = SamplingParams {
+        max_new_tokens: 24,
+        eos_token_ids: m.generation.eos_token_ids.clone(),
+        seed: 1,
+        ..Default::default()
+    };
+    let out = rollout(&m.decoder, &m.tokenizer, std::slice::from_ref(&ids), 4, &p, 0).unwrap();
+    let mut worst = 0f32;
+    for c in &out {
+        let mut all = ids.clone();
+        all.extend(&c.token_ids);
+        let n = c.token_ids.len();
+        let x = Tensor::new(all.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits = m
+            .decoder
+            .forward(&x, &x.ones_like().unwrap(), LogitsToKeep::Last(n + 1))
+            .unwrap();
+        let lp =
+            candle_nn::ops::log_softmax(&logits.narrow(1, 0, n).unwrap(), candle_core::D::Minus1)
+                .unwrap();
+        let lp = lp.squeeze(0).unwrap();
+        for (i, (&t, &got)) in c.token_ids.iter().zip(&c.logprobs).enumerate() {
+            let want = lp
+                .get(i)
+                .unwrap()
+                .get(t as usize)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            worst = worst.max((want - got).abs());
+        }
+    }
+    eprintln!(
+        "SmolLM2: max |rollout − trainer| log-prob {worst:e} over {} tokens",
+        out.iter().map(|c| c.token_ids.len()).sum::<usize>()
+    );
+    assert!(worst <= 1e-4, "{worst}");
+}

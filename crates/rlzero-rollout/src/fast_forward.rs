@@ -7,12 +7,29 @@
 //! of all sequences go through the linear maps together (see [`crate::kernels`]); attention runs
 //! per row over that row's own cache.
 
+use std::time::Instant;
+
+use rayon::prelude::*;
+
 use candle_core::{DType, Layout, Storage, StorageRef, Tensor};
 use rlzero_model::{Architecture, Decoder, DecoderConfig};
 
 use crate::error::{Result, RolloutError};
-use crate::kernels::linear;
+use crate::kernels::{linear, linear_many, Matrix};
 use crate::kv_cache::KvCache;
+
+/// Seconds spent in each part of [`FastDecoder::step`], accumulated over calls.
+#[derive(Debug, Clone, Default)]
+pub struct StepProfile {
+    /// q/k/v/o and MLP projections.
+    pub linear_s: f64,
+    /// Final norm and the vocabulary projection.
+    pub lm_head_s: f64,
+    /// Scores, softmax and weighted values over the cache.
+    pub attention_s: f64,
+    /// Embedding, norms, rotary, activations, residuals, cache appends.
+    pub other_s: f64,
+}
 
 /// Read locks on every weight tensor of a decoder, held while a rollout runs.
 pub struct WeightGuards<'t> {
@@ -90,10 +107,26 @@ struct Lin<'a> {
     inp: usize,
 }
 
-impl Lin<'_> {
+impl<'a> Lin<'a> {
     fn apply(&self, x: &[f32], rows: usize) -> Vec<f32> {
         linear(x, rows, self.inp, self.w, self.out, self.b)
     }
+
+    fn matrix(&self) -> Matrix<'a> {
+        Matrix {
+            w: self.w,
+            bias: self.b,
+            out: self.out,
+        }
+    }
+}
+
+/// Runs matrices that share their input as one parallel pass.
+fn apply_all<const N: usize>(lins: [&Lin<'_>; N], x: &[f32], rows: usize) -> [Vec<f32>; N] {
+    let mats: Vec<Matrix<'_>> = lins.iter().map(|l| l.matrix()).collect();
+    let outs = linear_many(x, rows, lins[0].inp, &mats);
+    outs.try_into()
+        .unwrap_or_else(|_| unreachable!("one output per matrix"))
 }
 
 struct Layer<'a> {
@@ -108,6 +141,16 @@ struct Layer<'a> {
     gate: Lin<'a>,
     up: Lin<'a>,
     down: Lin<'a>,
+}
+
+impl Layer<'_> {
+    fn qkv(&self, x: &[f32], rows: usize) -> [Vec<f32>; 3] {
+        apply_all([&self.q, &self.k, &self.v], x, rows)
+    }
+
+    fn gate_up(&self, x: &[f32], rows: usize) -> [Vec<f32>; 2] {
+        apply_all([&self.gate, &self.up], x, rows)
+    }
 }
 
 /// The decoder as slices, ready to run.
@@ -214,7 +257,15 @@ impl<'a> FastDecoder<'a> {
 
     /// Appends `tokens[s]` to sequence `s` (whose cache is `caches[s]`) and returns the logits
     /// `(S, V)` after each sequence's last new token.
-    pub fn step(&self, caches: &mut [&mut KvCache], tokens: &[&[u32]]) -> Vec<f32> {
+    pub fn step(
+        &self,
+        caches: &mut [&mut KvCache],
+        tokens: &[&[u32]],
+        prof: &mut StepProfile,
+    ) -> Vec<f32> {
+        let t_start = Instant::now();
+        let mut t_lin = 0.0;
+        let mut t_att = 0.0;
         let c = &self.cfg;
         let (h, nh, nkv, hd) = (
             c.hidden_size,
@@ -243,9 +294,9 @@ impl<'a> FastDecoder<'a> {
         let scale = 1.0 / (hd as f32).sqrt();
         for (li, l) in self.layers.iter().enumerate() {
             let hn = rms_norm(&x, l.in_norm, h, c.rms_norm_eps);
-            let mut q = l.q.apply(&hn, rows);
-            let mut k = l.k.apply(&hn, rows);
-            let v = l.v.apply(&hn, rows);
+            let t = Instant::now();
+            let [mut q, mut k, v] = l.qkv(&hn, rows);
+            t_lin += t.elapsed().as_secs_f64();
             if let (Some(qn), Some(kn)) = (l.q_norm, l.k_norm) {
                 q = rms_norm(&q, qn, hd, c.rms_norm_eps);
                 k = rms_norm(&k, kn, hd, c.rms_norm_eps);
@@ -263,23 +314,31 @@ impl<'a> FastDecoder<'a> {
                 );
                 r0 += n;
             }
+            let t = Instant::now();
             let att = attention(&q, caches, &row_seq, &row_pos, li, nh, nkv, hd, scale);
+            t_att += t.elapsed().as_secs_f64();
+            let t = Instant::now();
             let o = l.o.apply(&att, rows);
+            t_lin += t.elapsed().as_secs_f64();
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             let hn = rms_norm(&x, l.post_norm, h, c.rms_norm_eps);
-            let g = l.gate.apply(&hn, rows);
-            let u = l.up.apply(&hn, rows);
+            let t = Instant::now();
+            let [g, u] = l.gate_up(&hn, rows);
+            t_lin += t.elapsed().as_secs_f64();
             let a: Vec<f32> = g
                 .iter()
                 .zip(&u)
                 .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
                 .collect();
+            let t = Instant::now();
             let d = l.down.apply(&a, rows);
+            t_lin += t.elapsed().as_secs_f64();
             x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
         }
         for (s, toks) in tokens.iter().enumerate() {
             caches[s].advance(toks.len());
         }
+        let t_head = Instant::now();
         // Logits only for each sequence's last row.
         let mut last = Vec::with_capacity(tokens.len() * h);
         let mut r = 0;
@@ -288,7 +347,13 @@ impl<'a> FastDecoder<'a> {
             last.extend_from_slice(&x[(r - 1) * h..r * h]);
         }
         let last = rms_norm(&last, self.norm, h, c.rms_norm_eps);
-        self.lm_head.apply(&last, tokens.len())
+        let logits = self.lm_head.apply(&last, tokens.len());
+        let head = t_head.elapsed().as_secs_f64();
+        prof.lm_head_s += head;
+        prof.linear_s += t_lin;
+        prof.attention_s += t_att;
+        prof.other_s += t_start.elapsed().as_secs_f64() - head - t_lin - t_att;
+        logits
     }
 
     /// `cos`/`sin` `(rows, head_dim / 2)` for each row's position, computed as the trainable
@@ -337,7 +402,9 @@ fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], heads: usize, dim: usize) {
     }
 }
 
-/// Causal attention of each row over its sequence's cache up to (and including) its position.
+/// Causal attention of each row over its sequence's cache up to (and including) its position,
+/// parallel over (row, k/v head) pairs: the `H / KV` query heads that share a k/v head read each
+/// key and value once. Each output's arithmetic is independent of the batch and the threads.
 #[allow(clippy::too_many_arguments)]
 fn attention(
     q: &[f32],
@@ -353,33 +420,118 @@ fn attention(
     let group = nh / nkv;
     let kv_row = nkv * hd;
     let mut out = vec![0f32; q.len()];
-    let mut scores = Vec::new();
-    for (r, (&s, &p)) in row_seq.iter().zip(row_pos).enumerate() {
-        let (keys, values) = (&caches[s].keys[layer], &caches[s].values[layer]);
-        let len = p + 1;
-        for head in 0..nh {
-            let g = head / group;
-            let qh = &q[(r * nh + head) * hd..(r * nh + head + 1) * hd];
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
+    // Chunk i = (row r, k/v head g): the `group` query heads g·group .. (g+1)·group of row r.
+    out.par_chunks_mut(group * hd)
+        .enumerate()
+        .for_each(|(i, og)| {
+            let (r, g) = (i / nkv, i % nkv);
+            let (s, len) = (row_seq[r], row_pos[r] + 1);
+            let (keys, values) = (&caches[s].keys[layer], &caches[s].values[layer]);
+            let qg = &q[i * group * hd..(i + 1) * group * hd];
+            let mut scores = vec![0f32; group * len];
             for j in 0..len {
                 let kj = &keys[j * kv_row + g * hd..j * kv_row + (g + 1) * hd];
-                let sc = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
-                max = max.max(sc);
-                scores.push(sc);
+                for h in 0..group {
+                    scores[h * len + j] = simd::dot(&qg[h * hd..(h + 1) * hd], kj) * scale;
+                }
             }
-            let mut z = 0f32;
-            scores.iter_mut().for_each(|sc| {
-                *sc = (*sc - max).exp();
-                z += *sc;
-            });
-            let oh = &mut out[(r * nh + head) * hd..(r * nh + head + 1) * hd];
-            for (j, &w) in scores.iter().enumerate() {
+            for h in 0..group {
+                let sc = &mut scores[h * len..(h + 1) * len];
+                let max = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let mut z = 0f32;
+                for x in sc.iter_mut() {
+                    *x = (*x - max).exp();
+                    z += *x;
+                }
+                sc.iter_mut().for_each(|x| *x /= z);
+            }
+            for j in 0..len {
                 let vj = &values[j * kv_row + g * hd..j * kv_row + (g + 1) * hd];
-                let w = w / z;
-                oh.iter_mut().zip(vj).for_each(|(o, v)| *o += w * v);
+                for h in 0..group {
+                    simd::axpy(scores[h * len + j], vj, &mut og[h * hd..(h + 1) * hd]);
+                }
+            }
+        });
+    out
+}
+
+/// Small vector helpers: AVX2 + FMA when the CPU has them (decided once per call site by a
+/// cached CPUID check), plain Rust otherwise. The order of operations is fixed per machine.
+mod simd {
+    /// `Σ a_i b_i`.
+    #[inline]
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: features detected; lengths checked inside.
+                return unsafe { dot_avx2(a, b) };
             }
         }
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
     }
-    out
+
+    /// `y += w · x`.
+    #[inline]
+    pub fn axpy(w: f32, x: &[f32], y: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: features detected; lengths checked inside.
+                unsafe { axpy_avx2(w, x, y) };
+                return;
+            }
+        }
+        y.iter_mut().zip(x).for_each(|(y, x)| *y += w * x);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        use std::arch::x86_64::*;
+        let n = a.len().min(b.len());
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            acc = _mm256_fmadd_ps(
+                _mm256_loadu_ps(a.as_ptr().add(i)),
+                _mm256_loadu_ps(b.as_ptr().add(i)),
+                acc,
+            );
+            i += 8;
+        }
+        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        let s2 = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let mut t = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+        while i < n {
+            t = a[i].mul_add(b[i], t);
+            i += 1;
+        }
+        t
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn axpy_avx2(w: f32, x: &[f32], y: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let n = x.len().min(y.len());
+        let wv = _mm256_set1_ps(w);
+        let mut i = 0;
+        while i + 8 <= n {
+            let yp = y.as_mut_ptr().add(i);
+            _mm256_storeu_ps(
+                yp,
+                _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(yp)),
+            );
+            i += 8;
+        }
+        while i < n {
+            y[i] = w.mul_add(x[i], y[i]);
+            i += 1;
+        }
+    }
 }

@@ -15,4 +15,4 @@ pub mod sampler;
 
 pub use error::{Result, RolloutError};
 pub use params::SamplingParams;
-pub use rollout::{rollout, Completion, FinishReason};
+pub use rollout::{rollout, rollout_with_stats, Completion, FinishReason, RolloutStats};

@@ -9,11 +9,13 @@
 //! 4. Each token comes with its log-prob under `softmax(logits / T)`, the distribution the
 //!    trainer's forward computes (see [`crate::sampler`] for why truncation is not applied).
 
+use std::time::Instant;
+
 use rayon::prelude::*;
 use rlzero_model::{Decoder, TextTokenizer};
 
 use crate::error::{Result, RolloutError};
-use crate::fast_forward::{FastDecoder, WeightGuards};
+use crate::fast_forward::{FastDecoder, StepProfile, WeightGuards};
 use crate::kv_cache::KvCache;
 use crate::params::SamplingParams;
 use crate::rng::SampleRng;
@@ -95,6 +97,23 @@ fn validate(
     Ok(())
 }
 
+/// Where a rollout's time went.
+#[derive(Debug, Clone, Default)]
+pub struct RolloutStats {
+    /// Prefill of every prompt, including the first sampled token.
+    pub prefill_s: f64,
+    /// Batched decode steps (model and sampling).
+    pub decode_s: f64,
+    pub decode_steps: usize,
+    /// Sequence-steps actually computed: finished sequences leave the batch, so this is the sum
+    /// over completions of (length − 1), the first token coming from the prefill.
+    pub decode_rows: usize,
+    /// Sampling during decode (softmax, filters, draws, stop-string checks).
+    pub sampling_s: f64,
+    /// Model time of the decode steps, by part.
+    pub profile: StepProfile,
+}
+
 /// Samples `group_size` completions for each prompt (token ids, e.g. a rendered chat template).
 /// Results are ordered prompt-major: `[p0s0, p0s1, …, p1s0, …]`. `step` is the optimizer step,
 /// one coordinate of every sample's random stream.
@@ -106,6 +125,20 @@ pub fn rollout(
     params: &SamplingParams,
     step: u64,
 ) -> Result<Vec<Completion>> {
+    rollout_with_stats(decoder, tokenizer, prompts, group_size, params, step).map(|(c, _)| c)
+}
+
+/// [`rollout`], also returning where the time went.
+pub fn rollout_with_stats(
+    decoder: &Decoder,
+    tokenizer: &TextTokenizer,
+    prompts: &[Vec<u32>],
+    group_size: usize,
+    params: &SamplingParams,
+    step: u64,
+) -> Result<(Vec<Completion>, RolloutStats)> {
+    let mut stats = RolloutStats::default();
+    let t0 = Instant::now();
     validate(decoder, prompts, group_size, params)?;
     let guards = WeightGuards::lock(decoder)?;
     let model = FastDecoder::new(decoder, &guards)?;
@@ -117,7 +150,11 @@ pub fn rollout(
     for (pi, prompt) in prompts.iter().enumerate() {
         let budget = (prompt.len() + params.max_new_tokens).min(max_ctx);
         let mut cache = model.new_cache(budget);
-        let logits = model.step(&mut [&mut cache], &[prompt.as_slice()]);
+        let logits = model.step(
+            &mut [&mut cache],
+            &[prompt.as_slice()],
+            &mut StepProfile::default(),
+        );
         for si in 0..group_size {
             let mut s = Live {
                 prompt: pi,
@@ -136,7 +173,10 @@ pub fn rollout(
         }
     }
 
+    stats.prefill_s = t0.elapsed().as_secs_f64();
+
     // 2. Batched decoding over every unfinished sequence.
+    let t0 = Instant::now();
     loop {
         let mut active: Vec<&mut Live> = live.iter_mut().filter(|s| s.finish.is_none()).collect();
         if active.is_empty() {
@@ -148,14 +188,19 @@ pub fn rollout(
             .collect();
         let tokens: Vec<&[u32]> = last.iter().map(|t| t.as_slice()).collect();
         let mut caches: Vec<&mut KvCache> = active.iter_mut().map(|s| &mut s.cache).collect();
-        let logits = model.step(&mut caches, &tokens);
+        stats.decode_rows += tokens.len();
+        let logits = model.step(&mut caches, &tokens, &mut stats.profile);
+        let ts = Instant::now();
         active
             .par_iter_mut()
             .zip(logits.par_chunks(vocab))
             .try_for_each(|(s, row)| accept(s, row, params, tokenizer, max_ctx))?;
+        stats.sampling_s += ts.elapsed().as_secs_f64();
+        stats.decode_steps += 1;
     }
+    stats.decode_s = t0.elapsed().as_secs_f64();
 
-    Ok(live
+    let completions = live
         .into_iter()
         .map(|s| {
             let text = match s.text {
@@ -171,7 +216,8 @@ pub fn rollout(
                 text,
             }
         })
-        .collect())
+        .collect();
+    Ok((completions, stats))
 }
 
 /// Samples the next token of `s` from `logits` and decides whether `s` is finished.

@@ -1,0 +1,95 @@
+//! Rollout throughput on SmolLM2-135M-Instruct (f32, all cores): one GRPO group (1 chat prompt ×
+//! 8 completions × 128 forced tokens, as `../shared/anchors/trl-cpu/bench_generate.py`), then
+//! 4 prompts × 8. Prints generated tokens/s (median of RUNS after one warm-up) and where a decode
+//! step's time goes.
+//!
+//!     ./scripts/fetch-models.sh
+//!     cargo run --release --example rollout_bench [-- path/to/model.gguf]
+use std::time::Instant;
+
+use anyhow::Result;
+use rlzero::model::{load, LoadOptions, Message, ModelSource, WeightMode};
+use rlzero::rollout::{rollout_with_stats, SamplingParams};
+
+fn main() -> Result<()> {
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "models/SmolLM2-135M-Instruct.Q4_1.gguf".into());
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let opts = LoadOptions {
+        mode: WeightMode::Frozen,
+        ..LoadOptions::default()
+    };
+    let m = load(&ModelSource::Gguf(path.into()), &opts)?;
+    let questions = [
+        "What is 23+19? Answer with just the number.",
+        "What is 47+38? Answer with just the number.",
+        "What is 12+7? Answer with just the number.",
+        "What is 81+16? Answer with just the number.",
+    ];
+    let prompts: Vec<Vec<u32>> = questions
+        .iter()
+        .map(|q| {
+            let text = m
+                .tokenizer
+                .apply_chat_template(&[Message::user(*q)], true)?;
+            Ok(m.tokenizer.encode(&text, false)?)
+        })
+        .collect::<Result<_>>()?;
+    println!(
+        "threads={} prompt_tokens={}",
+        rayon::current_num_threads(),
+        prompts[0].len()
+    );
+    let params = SamplingParams {
+        max_new_tokens: 128,
+        min_new_tokens: 128, // EOS suppressed: fixed work, as the anchor's min_new_tokens=128
+        eos_token_ids: m.generation.eos_token_ids.clone(),
+        ..SamplingParams::default()
+    };
+    for n_prompts in [1usize, 4] {
+        let batch = &prompts[..n_prompts];
+        let mut tps = vec![];
+        let mut last = None;
+        for run in 0..=runs {
+            let t0 = Instant::now();
+            let (out, stats) =
+                rollout_with_stats(&m.decoder, &m.tokenizer, batch, 8, &params, run as u64)?;
+            let dt = t0.elapsed().as_secs_f64();
+            let generated: usize = out.iter().map(|c| c.token_ids.len()).sum();
+            if run > 0 {
+                tps.push(generated as f64 / dt);
+            } else {
+                println!(
+                    "sample: {:?}",
+                    &out[0].text.chars().take(80).collect::<String>()
+                );
+            }
+            last = Some((stats, dt, generated));
+        }
+        tps.sort_by(|a, b| a.total_cmp(b));
+        let (s, dt, generated) = last.expect("ran");
+        println!(
+            "{n_prompts} prompt(s) x 8 x 128: median {:.1} gen tok/s (min {:.1}, max {:.1}); last run {dt:.2} s for {generated} tokens",
+            tps[tps.len() / 2],
+            tps[0],
+            tps[tps.len() - 1]
+        );
+        let per = |x: f64| 1000.0 * x / s.decode_steps as f64;
+        println!(
+            "  prefill {:.3} s; {} decode steps, {:.1} ms/step = linear {:.1} + lm_head {:.1} + attention {:.1} + other {:.1} + sampling {:.1}",
+            s.prefill_s,
+            s.decode_steps,
+            per(s.decode_s),
+            per(s.profile.linear_s),
+            per(s.profile.lm_head_s),
+            per(s.profile.attention_s),
+            per(s.profile.other_s),
+            per(s.sampling_s),
+        );
+    }
+    Ok(())
+}
