@@ -3,10 +3,9 @@
 
 mod common;
 
-use candle_core::{Device, Tensor, D};
 use common::fixtures;
-use rlzero::model::{load, LoadOptions, LoadedModel, LogitsToKeep, ModelSource, WeightMode};
-use rlzero::rollout::{rollout, Completion, FinishReason, RolloutError, SamplingParams};
+use rlzero::model::{load, LoadOptions, LoadedModel, ModelSource, WeightMode};
+use rlzero::rollout::{rollout, FinishReason, RolloutError, SamplingParams};
 
 fn tiny(name: &str) -> LoadedModel {
     let opts = LoadOptions {
@@ -24,36 +23,6 @@ fn prompts() -> Vec<Vec<u32>> {
     ]
 }
 
-/// Log-probs of `c`'s tokens under the trainable forward at temperature `t`.
-pub fn trainer_logprobs(m: &LoadedModel, prompt: &[u32], c: &Completion, t: f64) -> Vec<f32> {
-    let mut ids = prompt.to_vec();
-    ids.extend(&c.token_ids);
-    let n = c.token_ids.len();
-    let x = Tensor::new(ids.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let logits = m
-        .decoder
-        .forward(&x, &x.ones_like().unwrap(), LogitsToKeep::Last(n + 1))
-        .unwrap();
-    let logits = (logits.narrow(1, 0, n).unwrap() / t).unwrap(); // positions predicting each token
-    let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)
-        .unwrap()
-        .squeeze(0)
-        .unwrap();
-    let idx = Tensor::new(c.token_ids.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(1)
-        .unwrap();
-    lp.gather(&idx, 1)
-        .unwrap()
-        .squeeze(1)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-}
-
 #[test]
 fn rollout_logprobs_equal_the_trainable_forward() {
     for name in common::TINY {
@@ -69,7 +38,12 @@ fn rollout_logprobs_equal_the_trainable_forward() {
             assert_eq!(out.len(), 9);
             let mut worst = 0f32;
             for c in &out {
-                let want = trainer_logprobs(&m, &prompts()[c.prompt_index], c, temperature);
+                let want = common::trainer_logprobs(
+                    &m.decoder,
+                    &prompts()[c.prompt_index],
+                    &c.token_ids,
+                    temperature,
+                );
                 for (a, b) in c.logprobs.iter().zip(&want) {
                     worst = worst.max((a - b).abs());
                 }

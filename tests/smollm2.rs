@@ -174,33 +174,20 @@ fn rollout_logprobs_equal_the_trainable_forward() {
         seed: 1,
         ..Default::default()
     };
-    let out = rollout(&m.decoder, &m.tokenizer, std::slice::from_ref(&ids), 4, &p, 0).unwrap();
+    let out = rollout(
+        &m.decoder,
+        &m.tokenizer,
+        std::slice::from_ref(&ids),
+        4,
+        &p,
+        0,
+    )
+    .unwrap();
     let mut worst = 0f32;
     for c in &out {
-        let mut all = ids.clone();
-        all.extend(&c.token_ids);
-        let n = c.token_ids.len();
-        let x = Tensor::new(all.as_slice(), &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let logits = m
-            .decoder
-            .forward(&x, &x.ones_like().unwrap(), LogitsToKeep::Last(n + 1))
-            .unwrap();
-        let lp =
-            candle_nn::ops::log_softmax(&logits.narrow(1, 0, n).unwrap(), candle_core::D::Minus1)
-                .unwrap();
-        let lp = lp.squeeze(0).unwrap();
-        for (i, (&t, &got)) in c.token_ids.iter().zip(&c.logprobs).enumerate() {
-            let want = lp
-                .get(i)
-                .unwrap()
-                .get(t as usize)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            worst = worst.max((want - got).abs());
+        let want = common::trainer_logprobs(&m.decoder, &ids, &c.token_ids, 1.0);
+        for (a, b) in c.logprobs.iter().zip(&want) {
+            worst = worst.max((a - b).abs());
         }
     }
     eprintln!(

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use rlzero::model::{Decoder, DecoderConfig, WeightMode, Weights};
+use rlzero::model::{Decoder, DecoderConfig, LogitsToKeep, WeightMode, Weights};
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -53,3 +53,33 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 pub mod hub_server;
 pub mod tmpdir;
+
+/// Log-probs of `completion` after `prompt` under the trainable forward at temperature `t`:
+/// what a GRPO trainer computes for the importance ratio.
+pub fn trainer_logprobs(d: &Decoder, prompt: &[u32], completion: &[u32], t: f64) -> Vec<f32> {
+    let mut ids = prompt.to_vec();
+    ids.extend(completion);
+    let n = completion.len();
+    let x = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let logits = d
+        .forward(&x, &x.ones_like().unwrap(), LogitsToKeep::Last(n + 1))
+        .unwrap();
+    let logits = (logits.narrow(1, 0, n).unwrap() / t).unwrap(); // the positions predicting each token
+    let lp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let idx = Tensor::new(completion, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(1)
+        .unwrap();
+    lp.gather(&idx, 1)
+        .unwrap()
+        .squeeze(1)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}

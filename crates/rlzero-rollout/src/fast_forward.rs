@@ -12,6 +12,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use candle_core::{DType, Layout, Storage, StorageRef, Tensor};
+use rlzero_model::layers::Linear;
 use rlzero_model::{Architecture, Decoder, DecoderConfig};
 
 use crate::error::{Result, RolloutError};
@@ -178,33 +179,32 @@ impl<'a> FastDecoder<'a> {
             it.next()
                 .expect("ordered_tensors and FastDecoder::new agree")
         };
+        // A linear map's weight, then its bias if it has one (the order of `ordered_tensors`).
+        fn lin<'s>(
+            next: &mut impl FnMut() -> &'s [f32],
+            p: &Linear,
+            out: usize,
+            inp: usize,
+        ) -> Lin<'s> {
+            let w = next();
+            let b = p.bias.as_ref().map(|_| next());
+            Lin { w, b, out, inp }
+        }
         let embed = next();
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in &d.layers {
             let a = &l.self_attn;
             let in_norm = next();
-            let mut lin = |p: &rlzero_model::layers::Linear, out: usize, inp: usize| Lin {
-                w: next(),
-                b: if p.bias.is_some() { Some(next()) } else { None },
-                out,
-                inp,
-            };
-            let q = lin(&a.q_proj, nq, h);
-            let k = lin(&a.k_proj, kv * hd, h);
-            let v = lin(&a.v_proj, kv * hd, h);
-            let o = lin(&a.o_proj, h, nq);
+            let q = lin(&mut next, &a.q_proj, nq, h);
+            let k = lin(&mut next, &a.k_proj, kv * hd, h);
+            let v = lin(&mut next, &a.v_proj, kv * hd, h);
+            let o = lin(&mut next, &a.o_proj, h, nq);
             let q_norm = a.q_norm.as_ref().map(|_| next());
             let k_norm = a.k_norm.as_ref().map(|_| next());
             let post_norm = next();
-            let mut lin = |p: &rlzero_model::layers::Linear, out: usize, inp: usize| Lin {
-                w: next(),
-                b: if p.bias.is_some() { Some(next()) } else { None },
-                out,
-                inp,
-            };
-            let gate = lin(&l.mlp.gate_proj, inter, h);
-            let up = lin(&l.mlp.up_proj, inter, h);
-            let down = lin(&l.mlp.down_proj, h, inter);
+            let gate = lin(&mut next, &l.mlp.gate_proj, inter, h);
+            let up = lin(&mut next, &l.mlp.up_proj, inter, h);
+            let down = lin(&mut next, &l.mlp.down_proj, h, inter);
             layers.push(Layer {
                 in_norm,
                 q,
