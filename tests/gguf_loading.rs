@@ -344,9 +344,12 @@ fn broken_gguf_files_are_typed_errors_naming_the_file() {
     let unsup = tmp("unsupported-quant.gguf");
     std::fs::write(&unsup, &patched).unwrap();
     let e = load_gguf_decoder(&unsup, &frozen()).err().unwrap();
+    let s = e.to_string();
     assert!(
-        e.to_string().contains("unsupported-quant.gguf") && e.to_string().contains("16"),
-        "{e}"
+        s.contains("unsupported-quant.gguf")
+            && s.contains(&format!("`{first}`"))
+            && s.contains("type 16"),
+        "{s}"
     );
 
     // An architecture the decoder does not implement.

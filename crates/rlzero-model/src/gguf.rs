@@ -34,9 +34,18 @@ impl GgufFile {
     /// Reads the header; a truncated or malformed file is a [`ModelError::Gguf`].
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
-        let content = Content::read(&mut BufReader::new(file)).map_err(|e| ModelError::Gguf {
-            file: path.to_path_buf(),
-            reason: e.to_string(),
+        let content = Content::read(&mut BufReader::new(file)).map_err(|e| {
+            // candle's message names the type id only; find the tensor that carries it.
+            let reason = match crate::gguf_scan::first_unsupported_tensor(path) {
+                Some((tensor, ty)) => {
+                    format!("tensor `{tensor}` has ggml type {ty}, which candle cannot read (unsupported quant type)")
+                }
+                None => e.to_string(),
+            };
+            ModelError::Gguf {
+                file: path.to_path_buf(),
+                reason,
+            }
         })?;
         Ok(Self {
             path: path.to_path_buf(),

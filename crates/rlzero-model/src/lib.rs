@@ -15,6 +15,7 @@ pub mod config;
 pub mod decoder;
 pub mod error;
 pub mod gguf;
+mod gguf_scan;
 pub mod gguf_tokenizer;
 pub mod hub;
 pub mod layers;
