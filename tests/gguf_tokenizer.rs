@@ -28,7 +28,7 @@ fn write(dir: &TempDir, pre: &str, model: &str) -> std::path::PathBuf {
     let mut types = vec![Value::I32(1); 258];
     types.push(Value::I32(3));
     let s = |x: &str| Value::String(x.into());
-    let meta = vec![
+    let meta = [
         ("general.architecture", s("llama")),
         ("tokenizer.ggml.model", s(model)),
         ("tokenizer.ggml.pre", s(pre)),
