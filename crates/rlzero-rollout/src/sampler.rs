@@ -23,15 +23,6 @@
 use crate::params::SamplingParams;
 use crate::rng::SampleRng;
 
-/// `log softmax(logits / t)[i]` for every `i`, computed with a max shift and an f64 sum.
-pub fn log_softmax_scaled(logits: &[f32], t: f64) -> (f32, f64) {
-    // Returns (max of logits / t, log Σ exp(logits/t − max)) so lp_i = x_i/t − max − lse.
-    let inv = 1.0 / t;
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64 * inv;
-    let sum: f64 = logits.iter().map(|&x| (x as f64 * inv - max).exp()).sum();
-    (max as f32, sum.ln())
-}
-
 /// Samples a token from `logits` (one row, raw model output).
 ///
 /// * `context`: prompt and completion so far (repetition penalty looks at both, as HF does);
@@ -48,14 +39,21 @@ pub fn sample(
     rng: &mut SampleRng,
 ) -> (u32, f32) {
     let u = rng.uniform();
-    let t = p.temperature;
-    let (max, lse) = log_softmax_scaled(logits, t);
-    let logprob = |tok: usize| (logits[tok] as f64 / t - max as f64 - lse) as f32;
+    let inv_t = 1.0 / p.temperature;
+    // One pass gives both the trainer's log-normaliser and, unless a penalty rewrites the
+    // scores, the sampling weights: w_i = exp(x_i / T − max).
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64 * inv_t;
+    let mut w: Vec<f64> = logits
+        .iter()
+        .map(|&x| (x as f64 * inv_t - max).exp())
+        .collect();
+    let lse = w.iter().sum::<f64>().ln();
+    let logprob = |tok: usize| (logits[tok] as f64 * inv_t - max - lse) as f32;
 
-    // Processed scores: penalty and EOS ban on raw logits, then temperature.
-    let mut s: Vec<f32> = logits.to_vec();
+    // Processed scores: the penalty on raw logits, then temperature; then the EOS ban.
     if p.repetition_penalty != 1.0 {
         let pen = p.repetition_penalty as f32;
+        let mut s: Vec<f32> = logits.to_vec();
         let mut seen = vec![false; s.len()];
         for &c in context {
             let c = c as usize;
@@ -64,37 +62,29 @@ pub fn sample(
                 s[c] = if s[c] > 0.0 { s[c] / pen } else { s[c] * pen };
             }
         }
+        let smax = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64 * inv_t;
+        w = s.iter().map(|&x| (x as f64 * inv_t - smax).exp()).collect();
     }
     if n_generated < p.min_new_tokens {
         for &e in &p.eos_token_ids {
-            if let Some(x) = s.get_mut(e as usize) {
-                *x = f32::NEG_INFINITY;
+            if let Some(x) = w.get_mut(e as usize) {
+                *x = 0.0;
             }
         }
     }
     if p.greedy {
-        // First maximum wins ties, like torch.argmax.
-        let tok = s
+        // exp is monotone, so the largest weight is the largest processed score; the first
+        // maximum wins ties, like torch.argmax.
+        let tok = w
             .iter()
             .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                if v > bv {
-                    (i, v)
-                } else {
-                    (bi, bv)
-                }
-            })
+            .fold(
+                (0usize, -1.0f64),
+                |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) },
+            )
             .0;
         return (tok as u32, logprob(tok));
     }
-    let inv_t = (1.0 / t) as f32;
-    let smax = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * inv_t;
-    // Unnormalised probabilities in f64.
-    let mut w: Vec<f64> = s
-        .iter()
-        .map(|&x| ((x * inv_t - smax) as f64).exp())
-        .collect();
-
     if let Some(k) = p.top_k {
         if k < w.len() {
             // Keep everything ≥ the k-th largest weight (ties kept, as transformers does).
