@@ -4,6 +4,7 @@
 //! G samples, decoding batched across every live sequence; reproducible per sample; log-probs
 //! equal to the trainer's. See [`rollout()`].
 
+pub mod attention;
 pub mod error;
 pub mod fast_forward;
 pub mod kernels;
