@@ -205,18 +205,18 @@ pub fn rollout_with_stats(
         .map(|s| {
             let text = match s.text {
                 Some(t) => t,
-                None => tokenizer.decode(s.generated(), true).unwrap_or_default(),
+                None => tokenizer.decode(s.generated(), true)?,
             };
-            Completion {
+            Ok(Completion {
                 prompt_index: s.prompt,
                 sample_index: s.sample,
                 token_ids: s.context[s.prompt_len..].to_vec(),
                 logprobs: s.logprobs,
                 finish_reason: s.finish.unwrap_or(FinishReason::Length),
                 text,
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     Ok((completions, stats))
 }
 
