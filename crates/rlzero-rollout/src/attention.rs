@@ -21,7 +21,6 @@ pub fn attention(
     scale: f32,
 ) -> Vec<f32> {
     let group = nh / nkv;
-    let kv_row = nkv * hd;
     let mut out = vec![0f32; q.len()];
     // Chunk i = (row r, k/v head g): the `group` query heads g·group .. (g+1)·group of row r.
     out.par_chunks_mut(group * hd)
@@ -29,11 +28,10 @@ pub fn attention(
         .for_each(|(i, og)| {
             let (r, g) = (i / nkv, i % nkv);
             let (s, len) = (row_seq[r], row_pos[r] + 1);
-            let (keys, values) = (&caches[s].keys[layer], &caches[s].values[layer]);
+            let (keys, values) = (caches[s].keys(layer, g), caches[s].values(layer, g));
             let qg = &q[i * group * hd..(i + 1) * group * hd];
             let mut scores = vec![0f32; group * len];
-            for j in 0..len {
-                let kj = &keys[j * kv_row + g * hd..j * kv_row + (g + 1) * hd];
+            for (j, kj) in keys.chunks_exact(hd).take(len).enumerate() {
                 for h in 0..group {
                     scores[h * len + j] = simd::dot(&qg[h * hd..(h + 1) * hd], kj) * scale;
                 }
@@ -48,8 +46,7 @@ pub fn attention(
                 }
                 sc.iter_mut().for_each(|x| *x /= z);
             }
-            for j in 0..len {
-                let vj = &values[j * kv_row + g * hd..j * kv_row + (g + 1) * hd];
+            for (j, vj) in values.chunks_exact(hd).take(len).enumerate() {
                 for h in 0..group {
                     simd::axpy(scores[h * len + j], vj, &mut og[h * hd..(h + 1) * hd]);
                 }

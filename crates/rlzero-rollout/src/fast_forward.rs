@@ -248,7 +248,8 @@ impl<'a> FastDecoder<'a> {
         let c = &self.cfg;
         KvCache::new(
             c.num_hidden_layers,
-            c.num_key_value_heads * c.head_dim,
+            c.num_key_value_heads,
+            c.head_dim,
             initial,
             64,
         )
