@@ -13,7 +13,10 @@ fn main() {
     let v: Vec<f32> = (0..128 * 1024 * 1024).map(|i| (i % 7) as f32).collect(); // 512 MiB
     let all = rayon::current_num_threads();
     for threads in [1, all] {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("thread pool");
         let mut best = 0f64;
         let mut check = 0f32;
         for _ in 0..3 {
@@ -34,6 +37,9 @@ fn main() {
             best = best.max((v.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
         }
         println!("{threads} thread(s): {best:.1} GB/s read (best of 3; checksum {check})");
-        println!("  -> f32 SmolLM2-135M decode floor: {:.1} ms/step", 0.54 / best * 1000.0);
+        println!(
+            "  -> f32 SmolLM2-135M decode floor: {:.1} ms/step",
+            0.54 / best * 1000.0
+        );
     }
 }

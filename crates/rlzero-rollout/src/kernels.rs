@@ -62,6 +62,12 @@ pub fn linear_many(x: &[f32], m: usize, k: usize, mats: &[Matrix<'_>]) -> Vec<Ve
         .for_each(|(task, block)| {
             let mut row = task * ROWS_PER_TASK;
             let end = row + block.len() / m;
+            // Warm the start of this task's block; the loop below prefetches ahead from there.
+            for r in row..(row + PREFETCH_ROWS).min(end) {
+                let mi = starts.partition_point(|&s| s <= r) - 1;
+                let local = r - starts[mi];
+                prefetch(&mats[mi].w[local * k..(local + 1) * k]);
+            }
             while row < end {
                 // Stay inside one matrix per register block.
                 let mi = starts.partition_point(|&s| s <= row) - 1;
