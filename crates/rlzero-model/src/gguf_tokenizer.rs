@@ -141,7 +141,9 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<TextTokenizer> {
     let (pre_tokenizer, ignore_merges) = pre_tokenizer(pre, file)?;
 
     let alphabet = byte_alphabet();
-    let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
+    // A set, not a scan of the 256-entry table: this runs over every char of ~50K tokens.
+    let alphabet_set: std::collections::HashSet<char> = alphabet.iter().copied().collect();
+    let in_alphabet = |t: &str| t.chars().all(|c| alphabet_set.contains(&c));
     let mut vocab = serde_json::Map::new();
     let mut added = Vec::new();
     for (id, (tok, ty)) in tokens.iter().zip(&types).enumerate() {

@@ -74,9 +74,12 @@ pub fn linear_many(x: &[f32], m: usize, k: usize, mats: &[Matrix<'_>]) -> Vec<Ve
                 let mat = &mats[mi];
                 let local = row - starts[mi];
                 let nw = BW.min(end - row).min(starts[mi + 1] - row);
-                let rows: Vec<&[f32]> = (0..nw)
-                    .map(|j| &mat.w[(local + j) * k..(local + j + 1) * k])
-                    .collect();
+                // Fixed-size, on the stack: this runs once per 3 output rows of every step.
+                let mut rows: [&[f32]; BW] = [&[]; BW];
+                for (j, r) in rows.iter_mut().enumerate().take(nw) {
+                    *r = &mat.w[(local + j) * k..(local + j + 1) * k];
+                }
+                let rows = &rows[..nw];
                 if local + nw + PREFETCH_ROWS <= mat.out {
                     for j in 0..nw {
                         let r = local + j + PREFETCH_ROWS;
@@ -88,7 +91,7 @@ pub fn linear_many(x: &[f32], m: usize, k: usize, mats: &[Matrix<'_>]) -> Vec<Ve
                 for x0 in (0..m).step_by(BX) {
                     let nx = BX.min(m - x0);
                     let mut acc = [[0f32; BX]; BW];
-                    dot_block(&rows, &x[x0 * k..(x0 + nx) * k], k, nx, &mut acc);
+                    dot_block(rows, &x[x0 * k..(x0 + nx) * k], k, nx, &mut acc);
                     for (j, a) in acc.iter().enumerate().take(nw) {
                         out[j * m + x0..j * m + x0 + nx].copy_from_slice(&a[..nx]);
                     }
