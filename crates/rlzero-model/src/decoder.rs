@@ -76,8 +76,8 @@ pub struct Decoder {
     pub lm_head: Linear,
     rotary: Rotary,
     /// Every weight the forward uses, by checkpoint name, each once (tied embeddings once).
-    params: Vec<(String, Tensor)>,
-    mode: WeightMode,
+    pub(crate) params: Vec<(String, Tensor)>,
+    pub(crate) mode: WeightMode,
 }
 
 impl Decoder {
@@ -96,6 +96,7 @@ impl Decoder {
             Linear {
                 weight: embed_tokens.clone(),
                 bias: None,
+                lora: None,
             }
         } else {
             Linear::new(cfg.hidden_size, cfg.vocab_size, false, vb.pp("lm_head"))?
@@ -136,29 +137,31 @@ impl Decoder {
         &self.params
     }
 
-    /// The weights as optimizer variables (same storage: updating a `Var` updates the model).
-    /// Errors on a [`WeightMode::Frozen`] decoder, which has no variables to train.
+    /// The optimizer variables (same storage: updating a `Var` updates the model): every weight
+    /// of a [`WeightMode::Trainable`] decoder, or only the LoRA adapters' `A`/`B` when adapters
+    /// are attached ([`Decoder::named_trainable`] has them with names). Errors on a frozen
+    /// decoder without adapters, which has nothing to train.
     pub fn vars(&self) -> Result<Vec<Var>> {
-        match self.mode {
-            WeightMode::Trainable => self
-                .params
-                .iter()
-                .map(|(_, t)| Ok(Var::from_tensor(t)?))
-                .collect(),
-            WeightMode::Frozen => Err(ModelError::InvalidInput(
-                "this decoder's weights are frozen; load it with WeightMode::Trainable to train"
-                    .into(),
-            )),
-        }
+        Ok(self
+            .named_trainable()?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
     }
 
-    /// A frozen deep copy of the current weights: later optimizer steps on `self` do not move
-    /// it. This is the reference policy `π_ref` of a KL penalty.
+    /// A frozen copy of the current weights: later optimizer steps on `self` do not move it.
+    /// This is the reference policy `π_ref` of a KL penalty. A trainable decoder's weights are
+    /// deep-copied; a frozen decoder's never change, so the copy shares their storage. LoRA
+    /// adapters are *not* copied: for an adapted decoder this is the base model (PEFT's
+    /// `disable_adapter()`, TRL's reference for PEFT models), costing no memory.
     pub fn frozen_copy(&self) -> Result<Self> {
         let tensors = self
             .params
             .iter()
-            .map(|(n, t)| Ok((n.clone(), t.detach().copy()?)))
+            .map(|(n, t)| match self.mode {
+                WeightMode::Frozen => Ok((n.clone(), t.detach())),
+                WeightMode::Trainable => Ok((n.clone(), t.detach().copy()?)),
+            })
             .collect::<Result<_>>()?;
         let w = Weights::new(
             "frozen copy",

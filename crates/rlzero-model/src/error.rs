@@ -75,6 +75,12 @@ pub enum ModelError {
     /// The caller passed inputs that do not fit the model (shapes, ids, masks).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A LoRA configuration field has a value that cannot be used (or is not implemented).
+    #[error("LoRA config: field `{field}`: {reason}")]
+    InvalidLoraConfig { field: &'static str, reason: String },
+    /// A LoRA operation on a decoder in the wrong state (trainable base, adapters already on).
+    #[error("LoRA: {0}")]
+    Lora(String),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

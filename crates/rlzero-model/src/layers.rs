@@ -1,18 +1,25 @@
 //! The small differentiable building blocks of a decoder: linear maps, RMSNorm, the SwiGLU MLP.
 //!
 //! Each is written with ops that have a backward pass in candle; the fused kernels
-//! (`candle_nn::ops::rms_norm`, `RmsNorm::forward`) drop gradients silently.
+//! (`candle_nn::ops::rms_norm`, `RmsNorm::forward`) drop gradients silently. A [`Linear`] with a
+//! frozen weight under a graph that tracks gradients goes through
+//! [`crate::frozen_linear::frozen_matmul`], which skips candle's weight-gradient gemm.
 
 use candle_core::{DType, Tensor, D};
 
 use crate::error::Result;
+use crate::frozen_linear::frozen_matmul;
+use crate::lora::LoraAdapter;
 use crate::weights::Vb;
 
-/// `y = x Wᵀ + b` with `W` of shape `(out, in)` as stored in HF checkpoints.
+/// `y = x Wᵀ + b` with `W` of shape `(out, in)` as stored in HF checkpoints, plus
+/// `s · (x Aᵀ) Bᵀ` when a LoRA adapter is attached.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// A LoRA adapter added to the output ([`crate::lora`]); `None` (the default) for none.
+    pub lora: Option<LoraAdapter>,
 }
 
 impl Linear {
@@ -24,19 +31,32 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            lora: None,
+        })
     }
 
     /// `x` `(..., in)` → `(..., out)`. Folds leading dims into one 2-D matmul, which is both
-    /// the fastest gemm shape and avoids broadcasting the weight per batch row.
+    /// the fastest gemm shape and avoids broadcasting the weight per batch row. A constant weight
+    /// with an `x` that tracks gradients uses [`frozen_matmul`] (no weight gradient); otherwise
+    /// (trainable weight, or no-grad inference) the plain matmul.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, in_dim))?; // (N, in)
-        let mut y = x2.matmul(&self.weight.t()?)?; // (N, out)
+        let mut y = if x2.track_op() && !self.weight.track_op() {
+            frozen_matmul(&x2, &self.weight)? // (N, out)
+        } else {
+            x2.matmul(&self.weight.t()?)? // (N, out)
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
+        }
+        if let Some(lora) = &self.lora {
+            y = (y + lora.forward(&x2)?)?; // (N, out)
         }
         let mut out_dims = dims;
         let last = out_dims.len() - 1;

@@ -14,13 +14,17 @@ pub mod chat_template;
 pub mod config;
 pub mod decoder;
 pub mod error;
+pub mod frozen_linear;
 pub mod gguf;
 mod gguf_scan;
 pub mod gguf_tokenizer;
 pub mod hub;
 pub mod layers;
 pub mod loader;
+pub mod logprobs;
+pub mod lora;
 pub mod mask;
+pub mod pack;
 pub mod rope;
 pub mod safetensors_io;
 pub mod tokenizer;
@@ -34,5 +38,6 @@ pub use hub::{HubOptions, HubRepo};
 pub use loader::{
     load, load_gguf_decoder, GenerationConfig, LoadOptions, LoadedModel, ModelSource,
 };
+pub use lora::{LoraAdapter, LoraConfig, TargetModule};
 pub use tokenizer::TextTokenizer;
 pub use weights::{WeightMode, Weights};

@@ -26,6 +26,10 @@ pub enum RolloutError {
     },
     #[error("the fast rollout path runs on CPU f32 weights; this model is {0}")]
     UnsupportedModel(String),
+    /// The decoder carries LoRA adapters; the fast path reads `Linear::weight` only and would
+    /// sample from the base model.
+    #[error("this decoder has LoRA adapters, which the fast rollout path would ignore; merge adapters first: Decoder::merged()")]
+    AdaptersNotMerged,
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]

@@ -60,8 +60,12 @@ fn ordered_tensors(d: &Decoder) -> Vec<&Tensor> {
 }
 
 impl<'t> WeightGuards<'t> {
-    /// Locks the weights of `d`; they must be contiguous f32 on the CPU.
+    /// Locks the weights of `d`; they must be contiguous f32 on the CPU, with no LoRA adapters
+    /// (see [`RolloutError::AdaptersNotMerged`]).
     pub fn lock(d: &'t Decoder) -> Result<Self> {
+        if d.has_adapters() {
+            return Err(RolloutError::AdaptersNotMerged);
+        }
         if d.dtype() != DType::F32 || !d.device().is_cpu() {
             return Err(RolloutError::UnsupportedModel(format!(
                 "{:?} on {:?}",
@@ -164,7 +168,12 @@ pub struct FastDecoder<'a> {
 }
 
 impl<'a> FastDecoder<'a> {
+    /// The decode path over `guards` (the locked weights of `d`). Errors with
+    /// [`RolloutError::AdaptersNotMerged`] if `d` carries LoRA adapters.
     pub fn new(d: &Decoder, guards: &'a WeightGuards<'_>) -> Result<Self> {
+        if d.has_adapters() {
+            return Err(RolloutError::AdaptersNotMerged);
+        }
         let cfg = d.cfg.clone();
         let (h, kv, hd, inter) = (
             cfg.hidden_size,

@@ -1,0 +1,424 @@
+//! LoRA on the tiny checkpoints: adapters start as the identity, merge exactly, get gradients
+//! (and the frozen base gets none of the expensive ones), agree with finite differences, validate
+//! their config, and cannot be sampled from unmerged.
+
+mod common;
+
+use std::collections::HashSet;
+
+use anyhow::{anyhow, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Shape, Tensor, Var, WithDType, D};
+use common::{fixtures, max_abs_diff, reference, tiny_decoder, TINY};
+use rlzero::model::frozen_linear::frozen_matmul;
+use rlzero::model::{
+    load, Decoder, LoadOptions, LogitsToKeep, LoraConfig, ModelError, ModelSource, TargetModule,
+    WeightMode,
+};
+use rlzero::rollout::{rollout, RolloutError, SamplingParams};
+
+/// `Σ_{b,t real} Σ_v log_softmax(logits)[b,t,v] · R[b,t,v]`: touches every logit (as in
+/// tests/gradients.rs).
+fn loss(m: &Decoder, name: &str, r: &Tensor) -> Result<Tensor> {
+    let refs = reference(name);
+    let mask = &refs["attention_mask"];
+    let logits = m.forward(&refs["input_ids"], mask, LogitsToKeep::All)?; // (B, T, V)
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let w = mask.to_dtype(logits.dtype())?.unsqueeze(2)?; // (B, T, 1)
+    Ok(logp.broadcast_mul(&w)?.mul(r)?.sum_all()?)
+}
+
+/// Deterministic values in `[-1, 1)` (an LCG, as in tests/gradients.rs).
+fn noise(shape: impl Into<Shape>, dtype: DType, seed: u64) -> Result<Tensor> {
+    let shape = shape.into();
+    let mut s = seed;
+    let v: Vec<f64> = (0..shape.elem_count())
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+        .collect();
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)?)
+}
+
+/// The loss's fixed random weights `R` `(B, T, V)` for the reference batch.
+fn loss_weights(dtype: DType) -> Result<Tensor> {
+    noise((2, 12, 128), dtype, 3)
+}
+
+fn flat<T: WithDType>(t: &Tensor) -> Result<Vec<T>> {
+    Ok(t.flatten_all()?.to_vec1::<T>()?)
+}
+
+fn logits(m: &Decoder, name: &str) -> Result<Tensor> {
+    let r = reference(name);
+    Ok(m.forward(&r["input_ids"], &r["attention_mask"], LogitsToKeep::All)?)
+}
+
+fn lora_decoder(name: &str, dtype: DType, cfg: &LoraConfig) -> Result<Decoder> {
+    let mut m = tiny_decoder(name, dtype, WeightMode::Frozen);
+    m.add_lora(cfg)?;
+    Ok(m)
+}
+
+/// Sets every `B` to `scale · U(-1, 1)` so that `A` gets gradients and the adapters matter.
+fn perturb_b(m: &Decoder, scale: f64) -> Result<()> {
+    for (i, (n, v)) in m.named_trainable()?.iter().enumerate() {
+        if n.ends_with("lora_B.weight") {
+            v.set(&(noise(v.shape(), v.dtype(), 100 + i as u64)? * scale)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// How many GradStore entries have the shape of one of `ws` or of its transpose: the mark of a
+/// weight-gradient gemm (candle files a constant's gradient under the operand the matmul saw,
+/// `Wᵀ`). The store has no public iterator, so this reads its `Debug` form, where a matrix prints
+/// as `Tensor[dims a, b; f32]`.
+fn matrix_gradients(grads: &GradStore, ws: &[&Tensor]) -> usize {
+    let dbg = format!("{grads:?}");
+    let mut shapes = HashSet::new();
+    for w in ws {
+        if let [a, b] = w.dims() {
+            shapes.extend([(*a, *b), (*b, *a)]);
+        }
+    }
+    shapes
+        .iter()
+        .map(|(a, b)| dbg.matches(&format!("Tensor[dims {a}, {b};")).count())
+        .sum()
+}
+
+fn base_matrices(m: &Decoder) -> Vec<&Tensor> {
+    let params = m.named_parameters().iter().map(|(_, t)| t);
+    params.filter(|t| t.rank() == 2).collect()
+}
+
+fn same_storage(a: &Tensor, b: &Tensor) -> bool {
+    std::ptr::eq(&*a.storage_and_layout().0, &*b.storage_and_layout().0)
+}
+
+fn grad<T: WithDType>(grads: &GradStore, n: &str, v: &Var) -> Result<Vec<T>> {
+    flat(grads.get(v).ok_or_else(|| anyhow!("no gradient for {n}"))?)
+}
+
+#[test]
+fn frozen_matmul_equals_matmul_without_a_weight_gradient() -> Result<()> {
+    let x = Var::from_tensor(&noise((5, 7), DType::F32, 1)?)?; // (N, in)
+    let w = noise((4, 7), DType::F32, 2)?; // (out, in)
+    let r = noise((5, 4), DType::F32, 3)?; // (N, out)
+    let wt = w.t()?; // (in, out)
+    let plain = x.matmul(&wt)?;
+    let frozen = frozen_matmul(&x, &w)?;
+    assert_eq!(max_abs_diff(&plain, &frozen), 0.0, "bitwise equal values");
+    let gp = (&plain * &r)?.sum_all()?.backward()?;
+    let gf = (&frozen * &r)?.sum_all()?.backward()?;
+    let (dxp, dxf) = (grad::<f32>(&gp, "x", &x)?, grad::<f32>(&gf, "x", &x)?);
+    assert!(dxp.iter().zip(&dxf).all(|(a, b)| (a - b).abs() <= 1e-6));
+    // candle's matmul computes the constant's gradient too; the frozen op does not, anywhere.
+    assert!(gp.get(&wt).is_some() && gp.get(&w).is_none());
+    assert_eq!(matrix_gradients(&gp, &[&w]), 1);
+    assert_eq!(matrix_gradients(&gf, &[&w]), 0);
+    // A weight that tracks gradients is refused rather than silently dropped.
+    assert!(frozen_matmul(&x, Var::from_tensor(&w)?.as_tensor()).is_err());
+    Ok(())
+}
+
+#[test]
+fn zero_b_adapters_leave_logits_unchanged() -> Result<()> {
+    for name in TINY {
+        let base = tiny_decoder(name, DType::F32, WeightMode::Frozen);
+        let m = lora_decoder(name, DType::F32, &LoraConfig::default())?;
+        assert!(m.has_adapters() && !base.has_adapters());
+        let d = max_abs_diff(&logits(&base, name)?, &logits(&m, name)?);
+        assert_eq!(d, 0.0, "{name}");
+        let named = m.named_trainable()?;
+        assert_eq!(named.len(), m.cfg.num_hidden_layers * 7 * 2, "{name}");
+        let p = "base_model.model.model.layers.0";
+        assert_eq!(named[0].0, format!("{p}.self_attn.q_proj.lora_A.weight"));
+        assert_eq!(named[1].0, format!("{p}.self_attn.q_proj.lora_B.weight"));
+        assert_eq!(named[13].0, format!("{p}.mlp.down_proj.lora_B.weight"));
+        assert_eq!(m.vars()?.len(), named.len());
+    }
+    Ok(())
+}
+
+#[test]
+fn init_is_peft_like_and_seeded() -> Result<()> {
+    let targets = vec![TargetModule::QProj, TargetModule::DownProj];
+    let cfg = LoraConfig {
+        target_modules: targets,
+        ..LoraConfig::default()
+    };
+    let m = lora_decoder("tiny-llama", DType::F32, &cfg)?;
+    assert_eq!(m.named_trainable()?.len(), 2 * 2 * 2);
+    let q = |m: &Decoder| {
+        m.layers[0]
+            .self_attn
+            .q_proj
+            .lora
+            .clone()
+            .ok_or(anyhow!("no q"))
+    };
+    let q0 = q(&m)?;
+    assert_eq!((q0.a.dims(), q0.b.dims()), (&[8, 64][..], &[64, 8][..]));
+    let a = flat::<f32>(&q0.a)?;
+    let bound = 1.0 / (m.cfg.hidden_size as f32).sqrt(); // PEFT: kaiming_uniform(a=√5)
+    assert!(a.iter().all(|v| v.abs() <= bound) && a.iter().any(|v| v.abs() > bound / 2.0));
+    assert!(flat::<f32>(&q0.b)?.iter().all(|v| *v == 0.0));
+    // The same seed gives the same A, whatever the other targets; another seed another A.
+    let all = lora_decoder("tiny-llama", DType::F32, &LoraConfig::default())?;
+    assert_eq!(max_abs_diff(&q0.a, &q(&all)?.a), 0.0);
+    let other = lora_decoder("tiny-llama", DType::F32, &LoraConfig { seed: 1, ..cfg })?;
+    assert!(max_abs_diff(&q0.a, &q(&other)?.a) > 0.0);
+    Ok(())
+}
+
+#[test]
+fn merged_matches_the_adapted_forward_and_shares_the_rest() -> Result<()> {
+    for name in TINY {
+        let m = lora_decoder(name, DType::F32, &LoraConfig::default())?;
+        perturb_b(&m, 0.1)?;
+        let merged = m.merged()?;
+        assert!(!merged.has_adapters() && merged.mode() == WeightMode::Frozen);
+        let (a, b) = (logits(&m, name)?, logits(&merged, name)?);
+        let base = logits(&tiny_decoder(name, DType::F32, WeightMode::Frozen), name)?;
+        assert!(
+            max_abs_diff(&a, &base) > 1e-3,
+            "{name}: adapters must matter"
+        );
+        let d = max_abs_diff(&a, &b);
+        eprintln!("{name}: max |merged − adapted| logit {d:e}");
+        assert!(d <= 1e-5, "{name}: {d}");
+        for ((n, t), (n2, t2)) in m.named_parameters().iter().zip(merged.named_parameters()) {
+            assert_eq!(n, n2);
+            let adapted = n.contains("_proj.weight") && n.starts_with("model.layers.");
+            assert_eq!(same_storage(t, t2), !adapted, "{name}: {n}");
+        }
+        // The reference policy of an adapted decoder is its base, sharing its storage.
+        let reference = m.frozen_copy()?;
+        assert!(!reference.has_adapters());
+        assert_eq!(max_abs_diff(&logits(&reference, name)?, &base), 0.0);
+        assert!(same_storage(&reference.embed_tokens, &m.embed_tokens));
+    }
+    Ok(())
+}
+
+#[test]
+fn full_fine_tuning_gives_every_weight_a_gradient() -> Result<()> {
+    for name in TINY {
+        let m = tiny_decoder(name, DType::F32, WeightMode::Trainable);
+        let grads = loss(&m, name, &loss_weights(DType::F32)?)?.backward()?;
+        let named = m.named_trainable()?;
+        assert_eq!(named.len(), m.named_parameters().len());
+        for (n, v) in &named {
+            let g = grad::<f32>(&grads, n, v)?;
+            let ok = g.iter().all(|x| x.is_finite()) && g.iter().any(|x| *x != 0.0);
+            assert!(ok, "{name}: {n}");
+        }
+        // The detector used for LoRA below does see weight gradients.
+        let mats = base_matrices(&m);
+        let found = matrix_gradients(&grads, &mats);
+        assert!(found >= mats.len(), "{name}: {found} of {}", mats.len());
+    }
+    Ok(())
+}
+
+#[test]
+fn lora_gradients_reach_every_adapter_and_no_base_matrix() -> Result<()> {
+    for name in TINY {
+        let rw = loss_weights(DType::F32)?;
+        let m = lora_decoder(name, DType::F32, &LoraConfig::default())?;
+        // At init B = 0: B's gradient is non-zero, A's exists but is zero.
+        let grads = loss(&m, name, &rw)?.backward()?;
+        for (n, v) in m.named_trainable()? {
+            let nonzero = grad::<f32>(&grads, &n, &v)?.iter().any(|x| *x != 0.0);
+            assert_eq!(nonzero, n.ends_with("lora_B.weight"), "{name}: {n}");
+        }
+        perturb_b(&m, 0.1)?;
+        let grads = loss(&m, name, &rw)?.backward()?;
+        for (n, v) in m.named_trainable()? {
+            let g = grad::<f32>(&grads, &n, &v)?;
+            assert!(g.iter().all(|x| x.is_finite()), "{name}: non-finite in {n}");
+            assert!(g.iter().any(|x| *x != 0.0), "{name}: all-zero for {n}");
+        }
+        // No gradient the shape of a base matrix (projections, embeddings, lm_head), under the
+        // weight or its transpose: no weight-gradient gemm ran. 1-D weights (norms, biases) do
+        // get entries from candle's cheap elementwise backward; no optimizer sees them.
+        assert_eq!(matrix_gradients(&grads, &base_matrices(&m)), 0, "{name}");
+        let params = m.named_parameters().iter();
+        let vectors = params.filter(|(_, t)| t.rank() == 1 && grads.get(t).is_some());
+        eprintln!("{name}: 1-D base weights with entries: {}", vectors.count());
+    }
+    Ok(())
+}
+
+#[test]
+fn updating_an_adapter_changes_the_next_forward() -> Result<()> {
+    let name = "tiny-qwen2";
+    let m = lora_decoder(name, DType::F32, &LoraConfig::default())?;
+    let before = logits(&m, name)?;
+    let b = &m.vars()?[1]; // layer 0 q_proj lora_B
+    b.set(&(noise(b.shape(), b.dtype(), 9)? * 0.1)?)?;
+    let after = logits(&m, name)?;
+    assert!(max_abs_diff(&before, &after) > 1e-4);
+    assert!(max_abs_diff(&after, &logits(&m.merged()?, name)?) <= 1e-5);
+    Ok(())
+}
+
+#[test]
+fn lora_autograd_matches_finite_differences_in_f64() -> Result<()> {
+    for name in TINY {
+        let cfg = LoraConfig {
+            r: 2,
+            lora_alpha: 4.0,
+            ..LoraConfig::default()
+        };
+        let m = lora_decoder(name, DType::F64, &cfg)?;
+        perturb_b(&m, 0.1)?;
+        let rw = noise((2, 12, 128), DType::F64, 11)?;
+        let grads = loss(&m, name, &rw)?.backward()?;
+        let h = 1e-5;
+        let mut worst = 0.0f64;
+        // Three coordinates of every A and B.
+        for (n, v) in m.named_trainable()? {
+            let g = grad::<f64>(&grads, &n, &v)?;
+            let orig = flat::<f64>(&v)?;
+            let set = |w: Vec<f64>| v.set(&Tensor::from_vec(w, v.dims(), v.device())?);
+            // Relative to the gradient's scale, so a ~0 coordinate doesn't divide by ~0.
+            let scale = g.iter().fold(0.0f64, |a, x| a.max(x.abs())).max(1e-3);
+            for k in [0, orig.len() / 2 + 1, orig.len() - 1] {
+                let eval = |delta: f64| -> Result<f64> {
+                    let mut w = orig.clone();
+                    w[k] += delta;
+                    set(w)?;
+                    Ok(loss(&m, name, &rw)?.to_scalar::<f64>()?)
+                };
+                let fd = (eval(h)? - eval(-h)?) / (2.0 * h);
+                set(orig.clone())?;
+                let rel = (fd - g[k]).abs() / scale;
+                worst = worst.max(rel);
+                assert!(rel <= 1e-6, "{name}: {n}[{k}] autograd {} vs FD {fd}", g[k]);
+            }
+        }
+        eprintln!("{name}: worst relative FD error over adapters {worst:e}");
+    }
+    Ok(())
+}
+
+fn field_of(r: Result<(), ModelError>) -> &'static str {
+    match r {
+        Err(ModelError::InvalidLoraConfig { field, .. }) => field,
+        other => panic!("expected InvalidLoraConfig, got {other:?}"),
+    }
+}
+
+#[test]
+fn config_defaults_and_validation() -> Result<()> {
+    let d = LoraConfig::default();
+    let fields = (d.r, d.lora_alpha, d.lora_dropout, d.use_rslora, d.scale());
+    assert_eq!(fields, (8, 8.0, 0.0, false, 1.0));
+    assert_eq!(d.target_modules, TargetModule::ALL.to_vec());
+    let rs = LoraConfig {
+        r: 16,
+        use_rslora: true,
+        ..d.clone()
+    };
+    assert_eq!(rs.scale(), 2.0);
+    let parsed: LoraConfig = serde_json::from_str(r#"{"target_modules": ["gate_proj"]}"#)?;
+    assert_eq!(
+        (parsed.r, parsed.target_modules),
+        (8, vec![TargetModule::GateProj])
+    );
+    assert!(serde_json::from_str::<LoraConfig>(r#"{"rank": 4}"#).is_err());
+    assert!(serde_json::from_str::<LoraConfig>(r#"{"target_modules": ["lm_head"]}"#).is_err());
+
+    let bad = |c: LoraConfig| field_of(c.validate());
+    assert_eq!(bad(LoraConfig { r: 0, ..d.clone() }), "r");
+    assert_eq!(
+        bad(LoraConfig {
+            lora_alpha: f64::NAN,
+            ..d.clone()
+        }),
+        "lora_alpha"
+    );
+    for p in [1.0, -0.1, f64::NAN] {
+        assert_eq!(
+            bad(LoraConfig {
+                lora_dropout: p,
+                ..d.clone()
+            }),
+            "lora_dropout"
+        );
+    }
+    let twice = vec![TargetModule::QProj, TargetModule::QProj];
+    for targets in [vec![], twice] {
+        let c = LoraConfig {
+            target_modules: targets,
+            ..d.clone()
+        };
+        assert_eq!(bad(c), "target_modules");
+    }
+
+    // Dropout validates (PEFT accepts it) but is not implemented; the decoder stays unchanged.
+    let mut m = tiny_decoder("tiny-llama", DType::F32, WeightMode::Frozen);
+    let drop = LoraConfig {
+        lora_dropout: 0.1,
+        ..d.clone()
+    };
+    drop.validate()?;
+    assert_eq!(field_of(m.add_lora(&drop)), "lora_dropout");
+    assert!(!m.has_adapters() && m.vars().is_err());
+    m.add_lora(&d)?;
+    assert!(
+        matches!(m.add_lora(&d), Err(ModelError::Lora(_))),
+        "adapters twice"
+    );
+
+    // A trainable base is refused until frozen (in place, sharing storage).
+    let mut t = tiny_decoder("tiny-llama", DType::F32, WeightMode::Trainable);
+    assert!(matches!(t.add_lora(&d), Err(ModelError::Lora(_))));
+    let embed = t.embed_tokens.clone();
+    t.freeze()?;
+    assert!(t.mode() == WeightMode::Frozen && same_storage(&embed, &t.embed_tokens));
+    t.add_lora(&d)?;
+    assert_eq!(t.vars()?.len(), 2 * 7 * 2);
+    Ok(())
+}
+
+#[test]
+fn rollouts_refuse_unmerged_adapters() -> Result<()> {
+    let opts = LoadOptions {
+        mode: WeightMode::Frozen,
+        ..LoadOptions::default()
+    };
+    let mut lm = load(&ModelSource::Dir(fixtures().join("tiny-llama")), &opts)?;
+    let p = SamplingParams {
+        max_new_tokens: 12,
+        seed: 5,
+        ..Default::default()
+    };
+    let prompts = vec![vec![5u32, 17, 99, 3], vec![9, 100, 23]];
+    let sample = |d: &Decoder| rollout(d, &lm.tokenizer, &prompts, 2, &p, 0);
+    let base = sample(&lm.decoder)?;
+    lm.decoder.add_lora(&LoraConfig::default())?;
+    let err = sample(&lm.decoder).unwrap_err();
+    assert!(matches!(err, RolloutError::AdaptersNotMerged), "{err}");
+    assert!(err.to_string().contains("Decoder::merged()"));
+    // B = 0: the merged model samples what the base samples.
+    assert_eq!(sample(&lm.decoder.merged()?)?, base);
+    // Trained adapters: the merged rollout's log-probs are the adapted trainer's.
+    perturb_b(&lm.decoder, 0.2)?;
+    let out = sample(&lm.decoder.merged()?)?;
+    assert_ne!(out, base);
+    for c in &out {
+        let prompt = &prompts[c.prompt_index];
+        let want = common::trainer_logprobs(&lm.decoder, prompt, &c.token_ids, 1.0);
+        for (a, b) in c.logprobs.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-4, "rollout {a} vs adapted trainer {b}");
+        }
+    }
+    Ok(())
+}
