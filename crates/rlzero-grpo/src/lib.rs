@@ -1,0 +1,23 @@
+//! # rlzero-grpo
+//!
+//! Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath) and its successors, as
+//! TRL 1.16's `GRPOTrainer` computes them.
+
+pub mod advantages;
+pub mod config;
+pub mod error;
+pub mod generation;
+pub mod loss;
+pub mod metrics;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;
+
+pub use config::{GrpoConfig, OldLogprobs, SamplingConfig};
+pub use error::{GrpoError, Result};
+pub use generation::TrainPrompt;
+pub use loss::{IsLevel, LossConfig, LossType};
+pub use metrics::StepMetrics;
+pub use optim::{clip_grad_norm, grad_norm, AdamW, AdamWParams, AdamWState};
+pub use schedule::LrSchedule;
+pub use trainer::{SampleRecord, StepReport, Trainer};
