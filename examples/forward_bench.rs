@@ -10,15 +10,6 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use rlzero::model::{load, LoadOptions, LogitsToKeep, ModelSource};
 
-fn peak_rss_mib() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     xs[xs.len() / 2]
@@ -37,7 +28,7 @@ fn main() -> Result<()> {
     let load_s = t0.elapsed().as_secs_f64();
     println!(
         "load: {load_s:.2} s, peak RSS after load {:.0} MiB",
-        peak_rss_mib()
+        rlzero::grpo::metrics::peak_rss_mib()
     );
 
     let (b, t) = (8usize, 168usize);
@@ -62,6 +53,6 @@ fn main() -> Result<()> {
             (b * t) as f64 / med
         );
     }
-    println!("peak RSS {:.0} MiB", peak_rss_mib());
+    println!("peak RSS {:.0} MiB", rlzero::grpo::metrics::peak_rss_mib());
     Ok(())
 }

@@ -5,5 +5,7 @@
 //! * [`model`]: trainable Llama / Qwen2 / Qwen3 decoders, loading from the Hub, HF directories
 //!   and GGUF files, tokenizers and chat templates.
 //! * [`rollout`]: batched sampling with a KV cache whose log-probs are the trainer's.
+pub use rlzero_grpo as grpo;
 pub use rlzero_model as model;
+pub use rlzero_rewards as rewards;
 pub use rlzero_rollout as rollout;

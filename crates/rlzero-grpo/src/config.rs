@@ -1,0 +1,364 @@
+//! The trainer's configuration: one serde struct (TOML), parsed, then validated once.
+//!
+//! Defaults are TRL 1.16's `GRPOConfig` unless a field says why not. Errors name the field.
+//!
+//! ```
+//! use rlzero_grpo::config::GrpoConfig;
+//! let cfg = GrpoConfig::from_toml_str(r#"
+//!     prompts_per_step = 4
+//!     [loss]
+//!     loss_type = "dr_grpo"
+//!     beta = 0.04
+//! "#)?;
+//! assert_eq!(cfg.num_generations, 8);
+//! assert!(GrpoConfig::from_toml_str("num_generations = 1").is_err()); // std of one sample
+//! # Ok::<(), rlzero_grpo::GrpoError>(())
+//! ```
+
+use std::path::Path;
+
+use rlzero_model::lora::LoraConfig;
+use rlzero_rollout::SamplingParams;
+use serde::{Deserialize, Serialize};
+
+use crate::advantages::{Aggregation, ScaleRewards};
+use crate::error::{GrpoError, Result};
+use crate::loss::{Accumulation, LossConfig};
+use crate::optim::AdamWParams;
+use crate::schedule::LrSchedule;
+
+/// Where the "old" log-probs of the importance ratio come from when `num_iterations > 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OldLogprobs {
+    /// The rollout's own log-probs. rlzero's sampler reports `log softmax(logits / T)` from
+    /// the same f32 weights as the trainer; they agree with the trainer's forward within 3e-5
+    /// (tests/rollout.rs), i.e. a ratio error of 3e-5 against clip ranges of 0.2, and they cost
+    /// nothing, while recomputing costs one more forward pass over the whole batch. Default.
+    #[default]
+    Rollout,
+    /// A no-grad forward pass of the policy before the first update, as TRL does.
+    Recompute,
+}
+
+/// How completions are sampled (TRL's generation fields).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplingConfig {
+    /// Maximum completion tokens. Default 256: TRL's 512 costs twice the CPU time for the
+    /// short answers of the arithmetic tasks rlzero targets first; raise it for long reasoning.
+    pub max_completion_length: usize,
+    /// EOS is suppressed until this many tokens exist (TRL: `generation_kwargs={"min_new_tokens": n}`);
+    /// fixed-length work for benchmarks. Default 0.
+    pub min_completion_length: usize,
+    /// Sampling temperature; the trainer scores at the same temperature. Default 1.0 (TRL).
+    pub temperature: f64,
+    /// Nucleus sampling mass. Default 1.0 (off, TRL).
+    pub top_p: f64,
+    /// Top-k; `None` (default, TRL's 0) keeps every token.
+    pub top_k: Option<usize>,
+    /// Min-p; 0.0 (default, TRL's `None`) is off.
+    pub min_p: f64,
+    /// Repetition penalty. Default 1.0 (off, TRL).
+    pub repetition_penalty: f64,
+    /// Strings that end a completion. Default none.
+    pub stop_strings: Vec<String>,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            max_completion_length: 256,
+            min_completion_length: 0,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: None,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            stop_strings: Vec::new(),
+        }
+    }
+}
+
+/// Everything a GRPO run needs besides the model, the prompts and the rewards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpoConfig {
+    /// Seed of every random stream (sampling, adapter initialisation). Default 0.
+    pub seed: u64,
+    /// Optimizer steps the LR schedule spans (`max_steps`). Default 100.
+    pub max_steps: u64,
+    /// Prompts per generation batch. Default 1 (TRL: `per_device_train_batch_size` 8 completions
+    /// / `num_generations` 8).
+    pub prompts_per_step: usize,
+    /// Completions per prompt, `G`. Default 8 (TRL).
+    pub num_generations: usize,
+    /// Micro-batches the generation batch is split into (gradients accumulated, one optimizer
+    /// step). Default 1.
+    pub gradient_accumulation_steps: usize,
+    /// Optimizer steps per generation batch, `μ` (GRPO's inner iterations). Default 1 (TRL).
+    pub num_iterations: usize,
+    /// Source of the old log-probs when `μ > 1`. Default `rollout` (see [`OldLogprobs`]).
+    pub old_logprobs: OldLogprobs,
+    /// Divisor of the centred rewards. Default `group` (TRL).
+    pub scale_rewards: ScaleRewards,
+    /// Combination of several reward functions. Default `sum_then_normalize` (TRL).
+    pub multi_objective_aggregation: Aggregation,
+    /// Exclude completions that hit `max_completion_length` from the loss (DAPO). Default false
+    /// (TRL).
+    pub mask_truncated_completions: bool,
+    /// DAPO's dynamic sampling: drop groups whose rewards are all equal (zero advantage, no
+    /// signal) and sample more prompts to refill the batch. Default false (TRL has no such
+    /// option; DAPO, Yu et al. 2025 §3.2).
+    pub dynamic_sampling: bool,
+    /// Extra rollout rounds dynamic sampling may spend per step. Default 3.
+    pub dynamic_sampling_max_rounds: usize,
+    /// Global gradient-norm clip; `None` disables. Default 1.0 (TRL / transformers).
+    pub max_grad_norm: Option<f64>,
+    /// Sampling settings.
+    pub sampling: SamplingConfig,
+    /// The policy objective.
+    pub loss: LossConfig,
+    /// AdamW hyper-parameters.
+    pub optim: AdamWParams,
+    /// Learning-rate schedule over `max_steps`. Default linear decay, no warmup (transformers).
+    pub schedule: LrSchedule,
+    /// LoRA adapters; `None` (default) fine-tunes every weight.
+    pub lora: Option<LoraConfig>,
+}
+
+impl Default for GrpoConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            max_steps: 100,
+            prompts_per_step: 1,
+            num_generations: 8,
+            gradient_accumulation_steps: 1,
+            num_iterations: 1,
+            old_logprobs: OldLogprobs::Rollout,
+            scale_rewards: ScaleRewards::Group,
+            multi_objective_aggregation: Aggregation::SumThenNormalize,
+            mask_truncated_completions: false,
+            dynamic_sampling: false,
+            dynamic_sampling_max_rounds: 3,
+            max_grad_norm: Some(1.0),
+            sampling: SamplingConfig::default(),
+            loss: LossConfig::default(),
+            optim: AdamWParams::default(),
+            schedule: LrSchedule::default(),
+            lora: None,
+        }
+    }
+}
+
+impl GrpoConfig {
+    /// Parses TOML and validates.
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        let cfg: Self = toml::from_str(text).map_err(|e| GrpoError::ConfigFile {
+            path: "<string>".into(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads a TOML file and validates; errors name the file (and the line, from the parser).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| GrpoError::ConfigFile {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let cfg: Self = toml::from_str(&text).map_err(|e| GrpoError::ConfigFile {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The resolved config as TOML (what a run folder saves).
+    pub fn to_toml_string(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| GrpoError::ConfigFile {
+            path: "<resolved config>".into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Completions per generation batch: `prompts_per_step × num_generations`.
+    pub fn generation_batch_size(&self) -> usize {
+        self.prompts_per_step * self.num_generations
+    }
+
+    /// The loss normalisation constants of this run.
+    pub fn accumulation(&self) -> Accumulation {
+        Accumulation {
+            gradient_accumulation_steps: self.gradient_accumulation_steps,
+            // One generation batch per optimizer step (TRL's default steps_per_generation).
+            steps_per_generation: self.gradient_accumulation_steps,
+            max_completion_length: self.sampling.max_completion_length,
+        }
+    }
+
+    /// The rollout crate's sampling parameters for this config.
+    pub fn sampling_params(&self, eos_token_ids: Vec<u32>) -> SamplingParams {
+        let s = &self.sampling;
+        SamplingParams {
+            temperature: s.temperature,
+            top_k: s.top_k,
+            top_p: s.top_p,
+            min_p: s.min_p,
+            repetition_penalty: s.repetition_penalty,
+            max_new_tokens: s.max_completion_length,
+            min_new_tokens: s.min_completion_length,
+            stop_strings: s.stop_strings.clone(),
+            eos_token_ids,
+            seed: self.seed,
+            ..SamplingParams::default()
+        }
+    }
+
+    /// Checks every field once, naming the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("max_steps", self.max_steps as usize),
+            ("prompts_per_step", self.prompts_per_step),
+            ("num_generations", self.num_generations),
+            (
+                "gradient_accumulation_steps",
+                self.gradient_accumulation_steps,
+            ),
+            ("num_iterations", self.num_iterations),
+            (
+                "sampling.max_completion_length",
+                self.sampling.max_completion_length,
+            ),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(GrpoError::config(field, "must be ≥ 1"));
+            }
+        }
+        if self.num_generations < 2 && self.scale_rewards != ScaleRewards::None {
+            return Err(GrpoError::config(
+                "num_generations",
+                "a group of 1 has no standard deviation to scale by (and no baseline: every advantage is 0); use ≥ 2",
+            ));
+        }
+        if self.generation_batch_size() % self.gradient_accumulation_steps != 0 {
+            return Err(GrpoError::config(
+                "gradient_accumulation_steps",
+                format!(
+                    "must divide the generation batch of {} × {} = {} completions",
+                    self.prompts_per_step,
+                    self.num_generations,
+                    self.generation_batch_size()
+                ),
+            ));
+        }
+        if let Some(c) = self.max_grad_norm {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(GrpoError::config(
+                    "max_grad_norm",
+                    format!("must be finite and > 0, got {c}"),
+                ));
+            }
+        }
+        if self.dynamic_sampling && self.dynamic_sampling_max_rounds == 0 {
+            return Err(GrpoError::config(
+                "dynamic_sampling_max_rounds",
+                "must be ≥ 1 with dynamic_sampling",
+            ));
+        }
+        self.sampling_params(Vec::new())
+            .validate()
+            .map_err(|e| GrpoError::config("sampling", e.to_string()))?;
+        self.loss.validate().map_err(|e| prefix_field("loss", e))?;
+        self.optim
+            .validate()
+            .map_err(|e| prefix_field("optim", e))?;
+        if let Some(l) = &self.lora {
+            l.validate()
+                .map_err(|e| GrpoError::config("lora", e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// `loss.beta` rather than `beta` in an error from a nested section.
+fn prefix_field(section: &str, e: GrpoError) -> GrpoError {
+    match e {
+        GrpoError::Config { field, message } => GrpoError::Config {
+            field: format!("{section}.{field}"),
+            message,
+        },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(text: &str) -> String {
+        match GrpoConfig::from_toml_str(text) {
+            Err(GrpoError::Config { field, .. }) => field,
+            Err(e) => panic!("{text:?}: expected a config-field error, got {e}"),
+            Ok(_) => panic!("{text:?}: accepted"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let cfg = GrpoConfig::default();
+        cfg.validate().unwrap();
+        let again = GrpoConfig::from_toml_str(&cfg.to_toml_string().unwrap()).unwrap();
+        assert_eq!(cfg, again);
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        assert_eq!(field_of("num_generations = 1"), "num_generations");
+        assert_eq!(field_of("[loss]\nbeta = -0.1"), "loss.beta");
+        assert_eq!(field_of("[loss]\nepsilon = 1.5"), "loss.epsilon");
+        assert_eq!(field_of("[loss]\nepsilon_high = -1.0"), "loss.epsilon_high");
+        assert_eq!(field_of("[loss]\ndelta = 1.1"), "loss.delta");
+        assert_eq!(
+            field_of("prompts_per_step = 3\nnum_generations = 5\ngradient_accumulation_steps = 2"),
+            "gradient_accumulation_steps"
+        );
+        assert_eq!(field_of("num_iterations = 0"), "num_iterations");
+        assert_eq!(field_of("max_grad_norm = -1.0"), "max_grad_norm");
+        assert_eq!(field_of("[sampling]\ntemperature = 0.0"), "sampling");
+        assert_eq!(field_of("[optim]\nlr = -1.0"), "optim.lr");
+        assert_eq!(field_of("[lora]\nr = 0"), "lora");
+    }
+
+    #[test]
+    fn one_sample_groups_are_fine_without_std_scaling() {
+        GrpoConfig::from_toml_str("num_generations = 1\nscale_rewards = \"none\"").unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_syntax_are_file_errors() {
+        for text in [
+            "num_generation = 8",
+            "[loss]\nloss_type = \"ppo\"",
+            "seed = ",
+        ] {
+            match GrpoConfig::from_toml_str(text) {
+                Err(GrpoError::ConfigFile { message, .. }) => assert!(!message.is_empty()),
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn from_file_names_the_file() {
+        let p = std::path::Path::new("/nonexistent/rlzero.toml");
+        match GrpoConfig::from_file(p) {
+            Err(GrpoError::ConfigFile { path, .. }) => assert!(path.contains("rlzero.toml")),
+            other => panic!("{other:?}"),
+        }
+    }
+}

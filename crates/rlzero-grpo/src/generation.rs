@@ -1,0 +1,165 @@
+//! Prompts → completions → rewards, and (optionally) DAPO's dynamic sampling.
+//!
+//! A generation batch is `prompts_per_step` groups of `G` completions. Each group is sampled
+//! from one prompt and scored by every reward function. With dynamic sampling (Yu et al. 2025,
+//! DAPO §3.2) a group whose weighted rewards are all equal is dropped — its advantages are all
+//! zero, so it would only dilute the batch — and more prompts are sampled until the batch is
+//! full or `dynamic_sampling_max_rounds` extra rounds are spent.
+
+use rlzero_model::{Decoder, TextTokenizer};
+use rlzero_rewards::{Reference, RewardInput, RewardSet};
+use rlzero_rollout::{rollout, Completion, FinishReason, SamplingParams};
+
+use crate::advantages::nanstd;
+use crate::error::{GrpoError, Result};
+
+/// A prompt to train on: the text the model sees (chat template applied), its token ids,
+/// and the task's reference for the verifiers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainPrompt {
+    /// The prompt text as the model sees it.
+    pub text: String,
+    /// Its token ids.
+    pub ids: Vec<u32>,
+    /// What the reward functions check completions against.
+    pub reference: Reference,
+}
+
+impl TrainPrompt {
+    /// A one-turn chat prompt: `user` wrapped in the model's chat template with the
+    /// generation prompt appended, then tokenized (special tokens come from the template).
+    pub fn chat(tokenizer: &TextTokenizer, user: &str, reference: Reference) -> Result<Self> {
+        let text = tokenizer.apply_chat_template(&[rlzero_model::Message::user(user)], true)?;
+        let ids = tokenizer.encode(&text, false)?;
+        if ids.is_empty() {
+            return Err(GrpoError::InvalidInput(format!(
+                "prompt {user:?} encodes to no tokens"
+            )));
+        }
+        Ok(Self {
+            text,
+            ids,
+            reference,
+        })
+    }
+}
+
+/// The groups kept for training, prompt-major (`G` consecutive completions per prompt).
+pub(crate) struct Generation {
+    pub prompts: Vec<TrainPrompt>,
+    pub completions: Vec<Completion>,
+    /// `(N, K)` per-function rewards, NaN = abstained.
+    pub rewards: Vec<Vec<f64>>,
+    pub completions_sampled: usize,
+    pub reward_panics: usize,
+    /// Seconds spent in the reward functions (the rest of `generate` is sampling).
+    pub reward_seconds: f64,
+}
+
+/// Rollout seeds are derived from `(seed, step, prompt, sample)`; each dynamic-sampling round
+/// of one optimizer step gets its own `step` slot so rounds never repeat a random stream.
+pub(crate) const ROUND_STRIDE: u64 = 1 << 16;
+
+/// Settings of one generation batch.
+pub(crate) struct GenerateArgs<'a> {
+    pub model: &'a Decoder,
+    pub tokenizer: &'a TextTokenizer,
+    pub rewards: &'a RewardSet,
+    pub params: &'a SamplingParams,
+    pub prompts_per_step: usize,
+    pub num_generations: usize,
+    pub dynamic_sampling: bool,
+    pub max_extra_rounds: usize,
+    pub step: u64,
+}
+
+/// Samples and scores groups until `prompts_per_step` are kept (or prompts/rounds run out).
+pub(crate) fn generate(
+    a: &GenerateArgs<'_>,
+    prompts: &mut dyn Iterator<Item = TrainPrompt>,
+) -> Result<Generation> {
+    let g = a.num_generations;
+    let weights = a.rewards.weights();
+    let mut out = Generation {
+        prompts: Vec::new(),
+        completions: Vec::new(),
+        rewards: Vec::new(),
+        completions_sampled: 0,
+        reward_panics: 0,
+        reward_seconds: 0.0,
+    };
+    let rounds = if a.dynamic_sampling {
+        1 + a.max_extra_rounds
+    } else {
+        1
+    };
+    for round in 0..rounds {
+        let need = a.prompts_per_step - out.prompts.len();
+        if need == 0 {
+            break;
+        }
+        let batch: Vec<TrainPrompt> = prompts.take(need).collect();
+        if batch.is_empty() {
+            break;
+        }
+        let ids: Vec<Vec<u32>> = batch.iter().map(|p| p.ids.clone()).collect();
+        let seed_step = a.step * ROUND_STRIDE + round as u64;
+        let completions = rollout(a.model, a.tokenizer, &ids, g, a.params, seed_step)?;
+        out.completions_sampled += completions.len();
+        let inputs: Vec<RewardInput<'_>> = completions
+            .iter()
+            .map(|c| {
+                let p = &batch[c.prompt_index];
+                RewardInput {
+                    prompt_index: c.prompt_index,
+                    sample_index: c.sample_index,
+                    prompt: &p.text,
+                    completion: &c.text,
+                    reference: &p.reference,
+                    completion_tokens: c.token_ids.len(),
+                    max_completion_tokens: a.params.max_new_tokens,
+                    truncated: c.finish_reason == FinishReason::Length,
+                }
+            })
+            .collect();
+        let t = std::time::Instant::now();
+        let table = a.rewards.score(&inputs);
+        out.reward_seconds += t.elapsed().as_secs_f64();
+        out.reward_panics += table.panics.iter().sum::<usize>();
+        let mut groups = completions.chunks(g).zip(table.values.chunks(g));
+        for (p, prompt) in batch.into_iter().enumerate() {
+            let Some((comps, rows)) = groups.next() else {
+                return Err(GrpoError::InvalidInput(format!(
+                    "rollout returned no group for prompt {p}"
+                )));
+            };
+            if a.dynamic_sampling && !has_variance(rows, &weights) {
+                continue;
+            }
+            out.prompts.push(prompt);
+            out.completions.extend_from_slice(comps);
+            out.rewards.extend_from_slice(rows);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a group's weighted rewards differ (an all-equal group has zero advantages).
+fn has_variance(rows: &[Vec<f64>], weights: &[f64]) -> bool {
+    let totals: Vec<f64> = rows
+        .iter()
+        .map(|r| {
+            if r.iter().all(|x| x.is_nan()) {
+                f64::NAN
+            } else {
+                r.iter()
+                    .zip(weights)
+                    .filter(|(x, _)| !x.is_nan())
+                    .map(|(x, w)| x * w)
+                    .sum()
+            }
+        })
+        .collect();
+    let s = nanstd(&totals);
+    s.is_finite() && s > 1e-8
+}

@@ -1,0 +1,566 @@
+//! [`Trainer::step`]: one GRPO step, top to bottom.
+//!
+//! prompts → rollout → rewards → advantages → (old / reference log-probs) → loss → backward →
+//! clip → optimizer → metrics. Each stage is a small module of its own
+//! ([`crate::generation`], [`crate::advantages`], [`rlzero_model::pack`], [`crate::loss`],
+//! [`crate::optim`]); this file only wires them in order.
+//!
+//! ```no_run
+//! use rlzero_grpo::{GrpoConfig, Trainer, TrainPrompt};
+//! use rlzero_model::{load, LoadOptions, ModelSource};
+//! use rlzero_rewards::{NumericAnswer, Reference, RewardSet};
+//!
+//! let model = load(&ModelSource::parse("models/SmolLM2-135M-Instruct.Q4_1.gguf"), &LoadOptions::default())?;
+//! let prompt = TrainPrompt::chat(&model.tokenizer, "What is 3+4?", Reference::Answer("7".into()))?;
+//! let rewards = RewardSet::new().with(NumericAnswer::default(), 1.0);
+//! let mut trainer = Trainer::new(GrpoConfig::default(), model, rewards)?;
+//! let report = trainer.step(&mut std::iter::repeat(prompt))?;
+//! println!("{}", serde_json::Value::Object(report.metrics.to_json()));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::time::Instant;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
+use rlzero_model::pack::{completion_logprobs, PackedBatch};
+use rlzero_model::{Decoder, LoadedModel, TextTokenizer, WeightMode};
+use rlzero_rewards::RewardSet;
+use rlzero_rollout::{Completion, FinishReason};
+
+use crate::advantages::compute_advantages;
+use crate::config::{GrpoConfig, OldLogprobs};
+use crate::error::{GrpoError, Result};
+use crate::generation::{generate, GenerateArgs, TrainPrompt};
+use crate::loss::{grpo_loss, LossInputs};
+use crate::metrics::{PhaseTimes, RewardStat, StepMetrics};
+use crate::optim::{clip_grad_norm, grad_norm, AdamW};
+
+/// One trained completion, for logs and `--explain`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleRecord {
+    /// Index of its prompt in the step's batch.
+    pub prompt_index: usize,
+    /// Its place in the group.
+    pub sample_index: usize,
+    /// Prompt text.
+    pub prompt: String,
+    /// Completion text.
+    pub completion: String,
+    /// Per reward function (NaN = abstained).
+    pub rewards: Vec<f64>,
+    /// Weighted total (NaN = unscorable).
+    pub reward: f64,
+    /// Its advantage.
+    pub advantage: f64,
+    /// How it ended.
+    pub finish_reason: FinishReason,
+    /// Completion tokens.
+    pub tokens: usize,
+}
+
+/// What a step returns: TRL-named metrics and the completions it trained on.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    /// Numbers for `metrics.jsonl`.
+    pub metrics: StepMetrics,
+    /// Every trained completion.
+    pub samples: Vec<SampleRecord>,
+}
+
+/// A micro-batch ready for the loss: packed sequences and per-token data.
+struct MicroBatch {
+    batch: PackedBatch,
+    /// `(B, C)` f32: completion mask × row mask (truncated completions, when masked).
+    loss_mask: Tensor,
+    /// `(B,)` f32.
+    advantages: Tensor,
+    old: Option<Tensor>,
+    reference: Option<Tensor>,
+}
+
+/// GRPO training state: policy, optional reference, optimizer, rewards, step count.
+pub struct Trainer {
+    cfg: GrpoConfig,
+    policy: Decoder,
+    reference: Option<Decoder>,
+    tokenizer: TextTokenizer,
+    eos_token_ids: Vec<u32>,
+    rewards: RewardSet,
+    optimizer: AdamW,
+    step: u64,
+}
+
+impl Trainer {
+    /// Prepares a run: validates the config and rewards, makes the decoder trainable (every
+    /// weight, or LoRA adapters on a frozen base), keeps a frozen reference only when β > 0.
+    pub fn new(cfg: GrpoConfig, model: LoadedModel, rewards: RewardSet) -> Result<Self> {
+        cfg.validate()?;
+        rewards.validate()?;
+        let mut policy = model.decoder;
+        if policy.dtype() != DType::F32 && policy.dtype() != DType::F64 {
+            return Err(GrpoError::InvalidInput(format!(
+                "training needs f32 (or f64) weights, the model is {:?}",
+                policy.dtype()
+            )));
+        }
+        match &cfg.lora {
+            Some(lora) => {
+                policy.freeze()?;
+                policy.add_lora(lora)?;
+            }
+            None => {
+                if policy.mode() == WeightMode::Frozen {
+                    policy = policy.to_dtype(policy.dtype(), WeightMode::Trainable)?;
+                }
+            }
+        }
+        // π_ref = the initial policy (TRL); for LoRA, the base without adapters (shared storage).
+        let reference = if cfg.loss.beta > 0.0 {
+            Some(policy.frozen_copy()?)
+        } else {
+            None
+        };
+        let optimizer = AdamW::new(policy.vars()?, cfg.optim)?;
+        Ok(Self {
+            cfg,
+            policy,
+            reference,
+            tokenizer: model.tokenizer,
+            eos_token_ids: model.generation.eos_token_ids,
+            rewards,
+            optimizer,
+            step: 0,
+        })
+    }
+
+    /// The policy being trained.
+    pub fn policy(&self) -> &Decoder {
+        &self.policy
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// The validated config.
+    pub fn config(&self) -> &GrpoConfig {
+        &self.cfg
+    }
+
+    /// Optimizer steps taken.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// The optimizer (its state is what a checkpoint saves).
+    pub fn optimizer(&self) -> &AdamW {
+        &self.optimizer
+    }
+
+    /// One generation batch and its `num_iterations` optimizer steps.
+    pub fn step(&mut self, prompts: &mut dyn Iterator<Item = TrainPrompt>) -> Result<StepReport> {
+        let t_step = Instant::now();
+        let mut times = PhaseTimes::default();
+        let cfg = self.cfg.clone();
+        let g = cfg.num_generations;
+
+        // 1–2. Prompts → rollout → rewards. Rollouts read the weights directly, so a LoRA
+        // policy samples from its merged weights.
+        let t = Instant::now();
+        let merged = if self.policy.has_adapters() {
+            Some(self.policy.merged()?)
+        } else {
+            None
+        };
+        let params = cfg.sampling_params(self.eos_token_ids.clone());
+        let generated = generate(
+            &GenerateArgs {
+                model: merged.as_ref().unwrap_or(&self.policy),
+                tokenizer: &self.tokenizer,
+                rewards: &self.rewards,
+                params: &params,
+                prompts_per_step: cfg.prompts_per_step,
+                num_generations: g,
+                dynamic_sampling: cfg.dynamic_sampling,
+                max_extra_rounds: cfg.dynamic_sampling_max_rounds,
+                step: self.step,
+            },
+            prompts,
+        )?;
+        drop(merged);
+        times.rewards = generated.reward_seconds;
+        times.rollout = t.elapsed().as_secs_f64() - times.rewards;
+        let mut m = StepMetrics {
+            sampled_completions: generated.completions_sampled,
+            reward_panics: generated.reward_panics,
+            ..StepMetrics::default()
+        };
+        if generated.completions.is_empty() {
+            return Ok(self.skipped(
+                m,
+                t_step,
+                times,
+                "no prompt left, or no group with reward variance",
+            ));
+        }
+
+        // 3. Advantages.
+        let weights = self.rewards.weights();
+        let adv = compute_advantages(
+            &generated.rewards,
+            &weights,
+            g,
+            cfg.scale_rewards,
+            cfg.multi_objective_aggregation,
+        )?;
+        fill_reward_metrics(
+            &mut m,
+            &self.rewards,
+            &generated.rewards,
+            &adv,
+            &generated.completions,
+        );
+
+        // 4. Micro-batches with their masks, and old / reference log-probs.
+        let t = Instant::now();
+        let micro =
+            self.micro_batches(&generated.prompts, &generated.completions, &adv.advantages)?;
+        let num_items: f64 = micro
+            .iter()
+            .map(|mb| Ok(mb.loss_mask.sum_all()?.to_scalar::<f32>()? as f64))
+            .sum::<Result<f64>>()?;
+        m.completion_tokens = num_items as usize;
+        times.forward += t.elapsed().as_secs_f64();
+
+        // 5. μ optimizer steps on this generation batch. Dynamic sampling may leave fewer
+        // micro-batches than configured: normalise by the number actually accumulated.
+        let mut acc = cfg.accumulation();
+        acc.gradient_accumulation_steps = micro.len();
+        acc.steps_per_generation = micro.len();
+        let vars: Vec<Var> = self.optimizer.vars().to_vec();
+        let temperature = cfg.sampling.temperature;
+        let (mut ent_sum, mut ent_n, mut n_loss_calls) = (0.0, 0.0, 0.0);
+        let mut stats = LossStats::default();
+        for it in 0..cfg.num_iterations {
+            let mut grads: Option<GradStore> = None;
+            let mut loss_total = 0.0;
+            for mb in &micro {
+                let t = Instant::now();
+                let scores = completion_logprobs(&self.policy, &mb.batch, temperature, it == 0)?;
+                let lp = scores.logprobs.to_dtype(DType::F32)?;
+                let out = grpo_loss(
+                    &cfg.loss,
+                    &acc,
+                    &LossInputs {
+                        logprobs: &lp,
+                        old_logprobs: mb.old.as_ref(),
+                        ref_logprobs: mb.reference.as_ref(),
+                        advantages: &mb.advantages,
+                        mask: &mb.loss_mask,
+                        num_items_in_batch: num_items,
+                    },
+                )?;
+                times.forward += t.elapsed().as_secs_f64();
+                if let Some(e) = &scores.entropy {
+                    ent_sum += (e.to_dtype(DType::F32)? * &mb.loss_mask)?
+                        .sum_all()?
+                        .to_scalar::<f32>()? as f64;
+                    ent_n += mb.loss_mask.sum_all()?.to_scalar::<f32>()? as f64;
+                }
+                stats.add(&out);
+                n_loss_calls += 1.0;
+                let loss = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                if !loss.is_finite() {
+                    return Ok(self.skipped(m, t_step, times, &format!("non-finite loss {loss}")));
+                }
+                loss_total += loss;
+                let t = Instant::now();
+                accumulate(&mut grads, out.loss.backward()?, &vars)?;
+                times.backward += t.elapsed().as_secs_f64();
+            }
+            let Some(mut grads) = grads else {
+                return Err(GrpoError::InvalidInput("no micro-batch to train on".into()));
+            };
+            let t = Instant::now();
+            let norm = match cfg.max_grad_norm {
+                Some(c) => clip_grad_norm(&mut grads, &vars, c)?,
+                None => grad_norm(&grads, &vars)?,
+            };
+            if !norm.is_finite() {
+                return Ok(self.skipped(
+                    m,
+                    t_step,
+                    times,
+                    &format!("non-finite gradient norm {norm}"),
+                ));
+            }
+            let lr = cfg.schedule.lr_at(cfg.optim.lr, self.step, cfg.max_steps);
+            self.optimizer.step(&grads, lr)?;
+            self.step += 1;
+            times.optimizer += t.elapsed().as_secs_f64();
+            m.loss = loss_total;
+            m.grad_norm = norm;
+            m.learning_rate = lr;
+        }
+        stats.finish(&mut m, n_loss_calls);
+        m.entropy = if ent_n > 0.0 { ent_sum / ent_n } else { 0.0 };
+        m.step = self.step;
+        m.trained_completions = generated.completions.len();
+        m.step_time = t_step.elapsed().as_secs_f64();
+        m.peak_rss_mib = crate::metrics::peak_rss_mib();
+        m.phases = times;
+        let samples = records(
+            &generated.prompts,
+            &generated.completions,
+            &generated.rewards,
+            &adv,
+            g,
+        );
+        Ok(StepReport {
+            metrics: m,
+            samples,
+        })
+    }
+
+    /// Packs the generation batch into `gradient_accumulation_steps` micro-batches.
+    fn micro_batches(
+        &self,
+        prompts: &[TrainPrompt],
+        completions: &[Completion],
+        advantages: &[f64],
+    ) -> Result<Vec<MicroBatch>> {
+        let cfg = &self.cfg;
+        let g = cfg.num_generations;
+        let n = completions.len();
+        let per = n.div_ceil(cfg.gradient_accumulation_steps);
+        let dev = self.policy.device().clone();
+        let pad = self.eos_token_ids.first().copied().unwrap_or(0);
+        let mut out = Vec::new();
+        for start in (0..n).step_by(per.max(1)) {
+            let rows = &completions[start..(start + per).min(n)];
+            let prompt_ids: Vec<&[u32]> = (start..start + rows.len())
+                .map(|i| prompts[i / g].ids.as_slice())
+                .collect();
+            // A completion always holds ≥ 1 token (rollout stops after one at the earliest);
+            // guard anyway with one masked pad token rather than fail the step.
+            let empty = [pad];
+            let comp_ids: Vec<&[u32]> = rows
+                .iter()
+                .map(|c| {
+                    if c.token_ids.is_empty() {
+                        &empty[..]
+                    } else {
+                        c.token_ids.as_slice()
+                    }
+                })
+                .collect();
+            let batch = PackedBatch::new(&prompt_ids, &comp_ids, pad, &dev)?;
+            let keep: Vec<f32> = rows
+                .iter()
+                .map(|c| {
+                    let masked = c.token_ids.is_empty()
+                        || (cfg.mask_truncated_completions
+                            && c.finish_reason == FinishReason::Length);
+                    if masked {
+                        0.0
+                    } else {
+                        1.0
+                    }
+                })
+                .collect();
+            let keep = Tensor::from_vec(keep, (rows.len(), 1), &dev)?;
+            let loss_mask = batch.completion_mask.broadcast_mul(&keep)?; // (B, C)
+            let adv: Vec<f32> = advantages[start..start + rows.len()]
+                .iter()
+                .map(|&a| a as f32)
+                .collect();
+            let advantages = Tensor::from_vec(adv, rows.len(), &dev)?;
+            let old = match (cfg.num_iterations > 1, cfg.old_logprobs) {
+                (false, _) => None, // on-policy: TRL uses the current log-probs, detached
+                (true, OldLogprobs::Rollout) => {
+                    Some(padded_logprobs(rows, batch.completion_len, &dev)?)
+                }
+                (true, OldLogprobs::Recompute) => Some(
+                    completion_logprobs(&self.policy, &batch, cfg.sampling.temperature, false)?
+                        .logprobs
+                        .detach()
+                        .to_dtype(DType::F32)?,
+                ),
+            };
+            let reference = match &self.reference {
+                Some(r) => Some(
+                    completion_logprobs(r, &batch, cfg.sampling.temperature, false)?
+                        .logprobs
+                        .detach()
+                        .to_dtype(DType::F32)?,
+                ),
+                None => None,
+            };
+            out.push(MicroBatch {
+                batch,
+                loss_mask,
+                advantages,
+                old,
+                reference,
+            });
+        }
+        Ok(out)
+    }
+
+    fn skipped(&self, mut m: StepMetrics, t0: Instant, times: PhaseTimes, why: &str) -> StepReport {
+        m.skipped = true;
+        m.skip_reason = Some(why.to_string());
+        m.step = self.step;
+        m.learning_rate = self
+            .cfg
+            .schedule
+            .lr_at(self.cfg.optim.lr, self.step, self.cfg.max_steps);
+        m.step_time = t0.elapsed().as_secs_f64();
+        m.phases = times;
+        StepReport {
+            metrics: m,
+            samples: Vec::new(),
+        }
+    }
+}
+
+/// `(B, C)` rollout log-probs, zero-padded.
+fn padded_logprobs(rows: &[Completion], c: usize, dev: &candle_core::Device) -> Result<Tensor> {
+    let mut data = vec![0f32; rows.len() * c];
+    for (i, r) in rows.iter().enumerate() {
+        data[i * c..i * c + r.logprobs.len().min(c)]
+            .copy_from_slice(&r.logprobs[..r.logprobs.len().min(c)]);
+    }
+    Ok(Tensor::from_vec(data, (rows.len(), c), dev)?)
+}
+
+/// Adds one micro-batch's variable gradients into the running sum.
+fn accumulate(total: &mut Option<GradStore>, mut new: GradStore, vars: &[Var]) -> Result<()> {
+    match total {
+        None => *total = Some(new),
+        Some(t) => {
+            for v in vars {
+                if let Some(g) = new.remove(v.as_tensor()) {
+                    let sum = match t.remove(v.as_tensor()) {
+                        Some(prev) => (prev + g)?,
+                        None => g,
+                    };
+                    t.insert(v.as_tensor(), sum);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loss statistics averaged over every loss call of a step (TRL averages its per-micro-batch
+/// metric lists the same way).
+#[derive(Default)]
+struct LossStats {
+    kl: Option<f64>,
+    low: Option<f64>,
+    high: Option<f64>,
+    region: Option<f64>,
+    cispo: Option<f64>,
+    phi: Option<f64>,
+}
+
+impl LossStats {
+    fn add(&mut self, o: &crate::loss::LossOutput) {
+        let add = |acc: &mut Option<f64>, v: Option<f64>| {
+            if let Some(v) = v {
+                *acc = Some(acc.unwrap_or(0.0) + v);
+            }
+        };
+        add(&mut self.kl, o.kl);
+        add(&mut self.low, o.clip_ratio_low);
+        add(&mut self.high, o.clip_ratio_high);
+        add(&mut self.region, o.clip_ratio_region);
+        add(&mut self.cispo, o.cispo_clip_ratio);
+        add(&mut self.phi, o.vespo_phi_mean);
+    }
+
+    fn finish(&self, m: &mut StepMetrics, n: f64) {
+        let mean = |v: Option<f64>| v.map(|s| s / n.max(1.0));
+        m.kl = mean(self.kl);
+        m.clip_ratio_low = mean(self.low);
+        m.clip_ratio_high = mean(self.high);
+        m.clip_ratio_region = mean(self.region);
+        m.cispo_clip_ratio = mean(self.cispo);
+        m.vespo_phi_mean = mean(self.phi);
+    }
+}
+
+fn fill_reward_metrics(
+    m: &mut StepMetrics,
+    set: &RewardSet,
+    rows: &[Vec<f64>],
+    adv: &crate::advantages::Advantages,
+    completions: &[Completion],
+) {
+    m.reward = adv.reward_mean;
+    m.reward_std = adv.reward_std;
+    m.frac_reward_zero_std = adv.frac_zero_std;
+    m.rewards = set
+        .names()
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            let col: Vec<f64> = rows.iter().map(|r| r[k]).collect();
+            RewardStat {
+                name: name.to_string(),
+                mean: crate::advantages::nanmean(&col),
+                std: crate::advantages::nanstd(&col),
+            }
+        })
+        .collect();
+    let lens: Vec<f64> = completions
+        .iter()
+        .map(|c| c.token_ids.len() as f64)
+        .collect();
+    let n = lens.len().max(1) as f64;
+    m.mean_length = lens.iter().sum::<f64>() / n;
+    m.min_length = lens.iter().copied().fold(f64::INFINITY, f64::min);
+    m.max_length = lens.iter().copied().fold(0.0, f64::max);
+    let truncated = completions
+        .iter()
+        .filter(|c| c.finish_reason == FinishReason::Length)
+        .count();
+    m.clipped_ratio = truncated as f64 / n;
+    let term: Vec<f64> = completions
+        .iter()
+        .filter(|c| c.finish_reason != FinishReason::Length)
+        .map(|c| c.token_ids.len() as f64)
+        .collect();
+    m.mean_terminated_length = if term.is_empty() {
+        0.0
+    } else {
+        term.iter().sum::<f64>() / term.len() as f64
+    };
+}
+
+fn records(
+    prompts: &[TrainPrompt],
+    completions: &[Completion],
+    rows: &[Vec<f64>],
+    adv: &crate::advantages::Advantages,
+    g: usize,
+) -> Vec<SampleRecord> {
+    completions
+        .iter()
+        .enumerate()
+        .map(|(i, c)| SampleRecord {
+            prompt_index: i / g,
+            sample_index: c.sample_index,
+            prompt: prompts[i / g].text.clone(),
+            completion: c.text.clone(),
+            rewards: rows[i].clone(),
+            reward: adv.rewards[i],
+            advantage: adv.advantages[i],
+            finish_reason: c.finish_reason,
+            tokens: c.token_ids.len(),
+        })
+        .collect()
+}
