@@ -16,6 +16,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<()> {
+    rlzero::malloc::keep_freed_memory();
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "models/SmolLM2-135M-Instruct.Q4_1.gguf".into());

@@ -1,7 +1,8 @@
 //! GRPO on SmolLM2-135M-Instruct for single-digit addition: the task and settings of
 //! `../shared/anchors/trl-cpu/bench_trl_learning.py` (TRL's GRPOTrainer), so the two can be run
 //! side by side: 60 training pairs, 40 held-out pairs never trained on, 4 prompts × 8 samples
-//! per step, 24 new tokens, T = 1, β = 0, DAPO loss, lr 1e-5 constant, f32, AdamW.
+//! per step, 24 new tokens, T = 1, β = 0, DAPO loss, lr 1e-5 constant, f32, AdamW, full
+//! fine-tuning.
 //! Reward 1 when the last integer of the completion is a + b.
 //!
 //! Prints the reward per step and greedy accuracy on the held-out pairs before and after.
@@ -83,6 +84,7 @@ fn evaluate(t: &Trainer, pairs: &[(i64, i64)], eos: &[u32]) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
+    rlzero::malloc::keep_freed_memory();
     let mut args = std::env::args().skip(1);
     let steps: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(30);
     let budget_s: f64 = args
@@ -104,6 +106,9 @@ fn main() -> Result<()> {
         max_steps = {steps}
         prompts_per_step = 4
         num_generations = 8
+        # 4 micro-batches of 8 sequences: the same update as one batch of 32 (TRL's
+        # per_device_train_batch_size=32), a quarter of the activation memory.
+        gradient_accumulation_steps = 4
         [sampling]
         max_completion_length = 24
         temperature = 1.0

@@ -12,19 +12,27 @@ use rlzero::model::{load, LoadOptions, ModelSource};
 use rlzero::rewards::{reward_fn, Reference, RewardInput, RewardSet};
 
 fn main() -> Result<()> {
+    rlzero::malloc::keep_freed_memory();
     let steps: usize = std::env::var("STEPS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(6);
+    // MICRO=k splits the 8 sequences into k micro-batches with gradient accumulation: the same
+    // update (up to float summation order), less activation memory.
+    let micro: usize = std::env::var("MICRO")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let model = load(
         &ModelSource::parse("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
         &LoadOptions::default(),
     )?;
-    let cfg = GrpoConfig::from_toml_str(
+    let cfg = GrpoConfig::from_toml_str(&format!(
         r#"
         max_steps = 1000
         prompts_per_step = 1
         num_generations = 8
+        gradient_accumulation_steps = {micro}
         [sampling]
         max_completion_length = 128
         min_completion_length = 128
@@ -33,8 +41,8 @@ fn main() -> Result<()> {
         beta = 0.0
         [optim]
         lr = 1e-6
-        "#,
-    )?;
+        "#
+    ))?;
     // The anchor's reward: 1 when the completion contains a + b.
     let rewards = RewardSet::new().with(
         reward_fn("contains_answer", |x: &RewardInput<'_>| {
@@ -59,14 +67,17 @@ fn main() -> Result<()> {
         .collect::<Result<_, _>>()?;
     let mut prompts = prompts.into_iter().cycle();
     let mut trainer = Trainer::new(cfg, model, rewards)?;
-    println!("threads={}", rayon::current_num_threads());
+    println!(
+        "threads={} micro-batches={micro}",
+        rayon::current_num_threads()
+    );
     let mut rows = Vec::new();
     for s in 0..steps {
         let r = trainer.step(&mut prompts)?;
         let m = r.metrics;
         let p = &m.phases;
         println!(
-            "step {s}: {:.2} s = rollout {:.2} + rewards {:.3} + forward {:.2} + backward {:.2} + optimizer {:.2} (+ other {:.2}); reward {:.3}, {} completion tokens",
+            "step {s}: {:.2} s = rollout {:.2} + rewards {:.3} + forward {:.2} + backward {:.2} + optimizer {:.2} (+ other {:.2}); reward {:.3}, {} completion tokens, peak RSS {:.0} MiB",
             m.step_time,
             p.rollout,
             p.rewards,
@@ -75,7 +86,8 @@ fn main() -> Result<()> {
             p.optimizer,
             m.step_time - p.rollout - p.rewards - p.forward - p.backward - p.optimizer,
             m.reward,
-            m.completion_tokens
+            m.completion_tokens,
+            m.peak_rss_mib
         );
         if s > 0 {
             rows.push((m.step_time, p.rollout, p.forward, p.backward, p.optimizer));

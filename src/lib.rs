@@ -5,7 +5,12 @@
 //! * [`model`]: trainable Llama / Qwen2 / Qwen3 decoders, loading from the Hub, HF directories
 //!   and GGUF files, tokenizers and chat templates.
 //! * [`rollout`]: batched sampling with a KV cache whose log-probs are the trainer's.
+//! * [`rewards`]: verifiable rewards (format, numeric answer, countdown, …), no candle inside.
+//! * [`grpo`]: GRPO and its successors, matching TRL 1.16's math; [`grpo::Trainer::step`].
+//! * [`malloc`]: an opt-in allocator setting for training binaries.
 pub use rlzero_grpo as grpo;
 pub use rlzero_model as model;
 pub use rlzero_rewards as rewards;
 pub use rlzero_rollout as rollout;
+
+pub mod malloc;

@@ -23,21 +23,7 @@ fn loss(m: &Decoder, ids: &Tensor, mask: &Tensor, r: &Tensor) -> Tensor {
 }
 
 fn weights_like(t: &Tensor, seed: u64) -> Tensor {
-    // Deterministic values in [-1, 1) without depending on an RNG crate's stream.
-    let n = t.elem_count();
-    let mut s = seed;
-    let v: Vec<f64> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(v, t.dims(), t.device())
-        .unwrap()
-        .to_dtype(t.dtype())
-        .unwrap()
+    common::noise(t.shape(), t.dtype(), seed)
 }
 
 #[test]

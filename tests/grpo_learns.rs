@@ -165,7 +165,7 @@ fn a_non_finite_loss_skips_the_step_and_touches_nothing() {
     cfg.scale_rewards = rlzero::grpo::advantages::ScaleRewards::None;
     let huge = RewardSet::new().with(
         reward_fn("huge", |x: &RewardInput<'_>| {
-            Some(if x.sample_index % 2 == 0 {
+            Some(if x.sample_index.is_multiple_of(2) {
                 1e300
             } else {
                 -1e300
@@ -197,4 +197,85 @@ fn a_non_finite_loss_skips_the_step_and_touches_nothing() {
         .collect();
     assert_eq!(before.len(), after.len());
     assert!(before == after, "weights moved on a skipped step");
+}
+
+/// μ = 2: two optimizer steps per generation batch. The old log-probs may come from the rollout
+/// (default) or from a recomputing forward pass (TRL's way): the two give the same update to
+/// within the 3e-5 gap between sampler and trainer log-probs.
+#[test]
+fn two_iterations_with_rollout_or_recomputed_old_logprobs_agree() {
+    use rlzero::grpo::OldLogprobs;
+    let run = |old: OldLogprobs| {
+        let mut cfg = config();
+        cfg.num_iterations = 2;
+        cfg.old_logprobs = old;
+        let mut t = Trainer::new(cfg, tiny(), low_words()).unwrap();
+        let m = t.step(&mut prompts()).unwrap().metrics;
+        assert_eq!(t.step_count(), 2, "μ = 2 takes two optimizer steps");
+        m
+    };
+    let a = run(OldLogprobs::Rollout);
+    let b = run(OldLogprobs::Recompute);
+    assert_eq!(a.reward.to_bits(), b.reward.to_bits(), "same samples");
+    assert!(
+        (a.loss - b.loss).abs() <= 1e-4 * (1.0 + b.loss.abs()),
+        "{} vs {}",
+        a.loss,
+        b.loss
+    );
+    assert!(
+        (a.grad_norm - b.grad_norm).abs() <= 1e-3 * b.grad_norm,
+        "{} vs {}",
+        a.grad_norm,
+        b.grad_norm
+    );
+    let (ca, cb) = (a.clip_ratio_region.unwrap(), b.clip_ratio_region.unwrap());
+    assert!((ca - cb).abs() <= 1e-3, "clip ratios {ca} vs {cb}");
+    assert_eq!((a.iterations, b.iterations), (2, 2));
+}
+
+#[test]
+fn truncated_completions_can_be_masked_out() {
+    let mut cfg = config();
+    cfg.sampling.max_completion_length = 2;
+    cfg.sampling.min_completion_length = 2; // no EOS: every completion is truncated
+    cfg.mask_truncated_completions = true;
+    let mut t = Trainer::new(cfg, tiny(), low_words()).unwrap();
+    let m = t.step(&mut prompts()).unwrap().metrics;
+    assert_eq!(m.clipped_ratio, 1.0);
+    assert_eq!(m.completion_tokens, 0, "every token is masked");
+    assert_eq!(m.grad_norm, 0.0);
+}
+
+/// DAPO's dynamic sampling drops groups whose rewards are all equal and samples more prompts.
+#[test]
+fn dynamic_sampling_keeps_only_groups_with_signal() {
+    let mut cfg = config();
+    cfg.dynamic_sampling = true;
+    cfg.dynamic_sampling_max_rounds = 3;
+    // Prompt texts starting with "[40" always score 1: their groups carry no signal.
+    let rewards = RewardSet::new().with(
+        reward_fn("mixed", |x: &RewardInput<'_>| {
+            if x.prompt.starts_with("[40") {
+                Some(1.0)
+            } else {
+                Some((x.sample_index % 2) as f64)
+            }
+        }),
+        1.0,
+    );
+    let mut t = Trainer::new(cfg, tiny(), rewards).unwrap();
+    let m = t.step(&mut prompts()).unwrap().metrics;
+    assert_eq!(
+        m.frac_reward_zero_std, 0.0,
+        "no zero-variance group is trained on"
+    );
+    assert_eq!(
+        m.trained_completions, 16,
+        "the batch was refilled to 2 groups"
+    );
+    assert!(
+        m.sampled_completions > m.trained_completions,
+        "a dropped group was resampled"
+    );
 }

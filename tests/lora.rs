@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use anyhow::{anyhow, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Shape, Tensor, Var, WithDType, D};
+use candle_core::{DType, Shape, Tensor, Var, WithDType, D};
 use common::{fixtures, max_abs_diff, reference, tiny_decoder, TINY};
 use rlzero::model::frozen_linear::frozen_matmul;
 use rlzero::model::{
@@ -28,19 +28,9 @@ fn loss(m: &Decoder, name: &str, r: &Tensor) -> Result<Tensor> {
     Ok(logp.broadcast_mul(&w)?.mul(r)?.sum_all()?)
 }
 
-/// Deterministic values in `[-1, 1)` (an LCG, as in tests/gradients.rs).
+/// Deterministic values in `[-1, 1)` (tests/common).
 fn noise(shape: impl Into<Shape>, dtype: DType, seed: u64) -> Result<Tensor> {
-    let shape = shape.into();
-    let mut s = seed;
-    let v: Vec<f64> = (0..shape.elem_count())
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-        })
-        .collect();
-    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)?)
+    Ok(common::noise(shape, dtype, seed))
 }
 
 /// The loss's fixed random weights `R` `(B, T, V)` for the reference batch.

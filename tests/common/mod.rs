@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Shape, Tensor};
 use rlzero::model::{Decoder, DecoderConfig, LogitsToKeep, WeightMode, Weights};
 
 pub fn fixtures() -> PathBuf {
@@ -51,6 +51,23 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+/// Deterministic values in `[-1, 1)` from an LCG, so tests never depend on an RNG crate's stream.
+pub fn noise(shape: impl Into<Shape>, dtype: DType, seed: u64) -> Tensor {
+    let shape = shape.into();
+    let mut s = seed;
+    let v: Vec<f64> = (0..shape.elem_count())
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)
+        .and_then(|t| t.to_dtype(dtype))
+        .expect("noise tensor")
+}
+
 pub mod hub_server;
 pub mod tmpdir;
 

@@ -37,8 +37,8 @@ pub enum ScaleRewards {
     /// The group's standard deviation: the original GRPO (Shao et al. 2024, eq. 3).
     #[default]
     Group,
-    /// The whole batch's standard deviation (Liu et al. 2025, "Understanding R1-Zero-like
-    /// training", recommend not scaling per group).
+    /// The whole batch's standard deviation (Lite PPO, "Tricks or Traps", arXiv 2508.08221,
+    /// as TRL credits it).
     Batch,
     /// No scaling: Dr. GRPO (Liu et al. 2025); the std is still computed for the
     /// zero-variance metric.
@@ -75,14 +75,10 @@ pub struct Advantages {
 }
 
 pub use rlzero_rewards::stats::{nan_mean as nanmean, nan_std as nanstd};
-
-/// nan-aware sum; 0 when every value is NaN — `torch.nansum`.
-fn nansum(xs: impl Iterator<Item = f64>) -> f64 {
-    xs.filter(|x| !x.is_nan()).sum()
-}
+use rlzero_rewards::weighted_total;
 
 /// `torch.isclose(x, 0)` with its default tolerances (`atol` 1e-8); false for NaN.
-fn is_zero(x: f64) -> bool {
+pub(crate) fn is_zero(x: f64) -> bool {
     x.abs() <= 1e-8
 }
 
@@ -99,7 +95,7 @@ pub fn compute_advantages(
 ) -> Result<Advantages> {
     let n = rewards_per_func.len();
     let k = weights.len();
-    if num_generations == 0 || n == 0 || n % num_generations != 0 {
+    if num_generations == 0 || n == 0 || !n.is_multiple_of(num_generations) {
         return Err(GrpoError::InvalidInput(format!(
             "{n} completions cannot form groups of {num_generations}"
         )));
@@ -110,19 +106,15 @@ pub fn compute_advantages(
             rewards_per_func[i].len()
         )));
     }
-    let unscorable: Vec<bool> = rewards_per_func
+    // Weighted raw rewards, NaN for unscorable completions (every function abstained): what
+    // sum_then_normalize normalises and what is logged, whatever the aggregation.
+    let rewards: Vec<f64> = rewards_per_func
         .iter()
-        .map(|r| r.iter().all(|x| x.is_nan()))
+        .map(|r| weighted_total(r, weights))
         .collect();
-    let weighted_sum = |row: &[f64]| nansum(row.iter().zip(weights).map(|(r, w)| r * w));
     let g = num_generations;
     let (advantages, std) = match aggregation {
         Aggregation::SumThenNormalize => {
-            let rewards: Vec<f64> = rewards_per_func
-                .iter()
-                .zip(&unscorable)
-                .map(|(r, &u)| if u { f64::NAN } else { weighted_sum(r) })
-                .collect();
             let std: Vec<f64> = match scale {
                 ScaleRewards::Group | ScaleRewards::None => rewards
                     .chunks(g)
@@ -162,23 +154,29 @@ pub fn compute_advantages(
                     }
                 }
             }
-            let rewards: Vec<f64> = normed
+            // A scorable completion whose normalised values are all NaN sums to 0 (TRL's
+            // nansum); only unscorable ones stay NaN.
+            let summed: Vec<f64> = normed
                 .iter()
-                .zip(&unscorable)
-                .map(|(r, &u)| if u { f64::NAN } else { weighted_sum(r) })
+                .zip(&rewards)
+                .map(|(r, raw)| {
+                    if raw.is_nan() {
+                        f64::NAN
+                    } else {
+                        r.iter()
+                            .zip(weights)
+                            .filter(|(x, _)| !x.is_nan())
+                            .map(|(x, w)| x * w)
+                            .sum()
+                    }
+                })
                 .collect();
-            let s = if n > 1 { nanstd(&rewards) } else { 0.0 };
-            let m = nanmean(&rewards);
-            let adv = rewards.iter().map(|r| (r - m) / (s + STD_EPS)).collect();
+            let s = if n > 1 { nanstd(&summed) } else { 0.0 };
+            let m = nanmean(&summed);
+            let adv = summed.iter().map(|r| (r - m) / (s + STD_EPS)).collect();
             (adv, vec![s; n])
         }
     };
-    // Logged rewards are always the weighted raw rewards, whatever the aggregation.
-    let rewards: Vec<f64> = rewards_per_func
-        .iter()
-        .zip(&unscorable)
-        .map(|(r, &u)| if u { f64::NAN } else { weighted_sum(r) })
-        .collect();
     let zero_std: Vec<bool> = std.iter().map(|&s| is_zero(s)).collect();
     Ok(Advantages {
         // Unscorable completions carry no signal: NaN → 0 (TRL `nan_to_num`).

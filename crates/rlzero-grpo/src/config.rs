@@ -109,7 +109,9 @@ pub struct GrpoConfig {
     pub mask_truncated_completions: bool,
     /// DAPO's dynamic sampling: drop groups whose rewards are all equal (zero advantage, no
     /// signal) and sample more prompts to refill the batch. Default false (TRL has no such
-    /// option; DAPO, Yu et al. 2025 §3.2).
+    /// option; DAPO, Yu et al. 2025 §3.2). The step's reward and completion metrics then
+    /// describe the groups trained on (so `frac_reward_zero_std` is 0); `sampled_completions`
+    /// counts all.
     pub dynamic_sampling: bool,
     /// Extra rollout rounds dynamic sampling may spend per step. Default 3.
     pub dynamic_sampling_max_rounds: usize,
@@ -245,7 +247,10 @@ impl GrpoConfig {
                 "a group of 1 has no standard deviation to scale by (and no baseline: every advantage is 0); use ≥ 2",
             ));
         }
-        if self.generation_batch_size() % self.gradient_accumulation_steps != 0 {
+        if !self
+            .generation_batch_size()
+            .is_multiple_of(self.gradient_accumulation_steps)
+        {
             return Err(GrpoError::config(
                 "gradient_accumulation_steps",
                 format!(

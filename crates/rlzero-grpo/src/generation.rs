@@ -7,10 +7,10 @@
 //! full or `dynamic_sampling_max_rounds` extra rounds are spent.
 
 use rlzero_model::{Decoder, TextTokenizer};
-use rlzero_rewards::{Reference, RewardInput, RewardSet};
+use rlzero_rewards::{weighted_total, Reference, RewardInput, RewardSet};
 use rlzero_rollout::{rollout, Completion, FinishReason, SamplingParams};
 
-use crate::advantages::nanstd;
+use crate::advantages::{is_zero, nanstd};
 use crate::error::{GrpoError, Result};
 
 /// A prompt to train on: the text the model sees (chat template applied), its token ids,
@@ -57,7 +57,7 @@ pub(crate) struct Generation {
 }
 
 /// Rollout seeds are derived from `(seed, step, prompt, sample)`; each dynamic-sampling round
-/// of one optimizer step gets its own `step` slot so rounds never repeat a random stream.
+/// of one generation batch gets its own `step` slot so rounds never repeat a random stream.
 pub(crate) const ROUND_STRIDE: u64 = 1 << 16;
 
 /// Settings of one generation batch.
@@ -70,7 +70,9 @@ pub(crate) struct GenerateArgs<'a> {
     pub num_generations: usize,
     pub dynamic_sampling: bool,
     pub max_extra_rounds: usize,
-    pub step: u64,
+    /// Generation batches sampled before this one (skipped steps included), so a retry after a
+    /// skipped step never replays the same random streams.
+    pub batch_index: u64,
 }
 
 /// Samples and scores groups until `prompts_per_step` are kept (or prompts/rounds run out).
@@ -103,7 +105,7 @@ pub(crate) fn generate(
             break;
         }
         let ids: Vec<Vec<u32>> = batch.iter().map(|p| p.ids.clone()).collect();
-        let seed_step = a.step * ROUND_STRIDE + round as u64;
+        let seed_step = a.batch_index * ROUND_STRIDE + round as u64;
         let completions = rollout(a.model, a.tokenizer, &ids, g, a.params, seed_step)?;
         out.completions_sampled += completions.len();
         let inputs: Vec<RewardInput<'_>> = completions
@@ -144,22 +146,10 @@ pub(crate) fn generate(
     Ok(out)
 }
 
-/// Whether a group's weighted rewards differ (an all-equal group has zero advantages).
+/// Whether a group's weighted rewards differ (an all-equal group has zero advantages): the
+/// same zero test as the `frac_reward_zero_std` metric.
 fn has_variance(rows: &[Vec<f64>], weights: &[f64]) -> bool {
-    let totals: Vec<f64> = rows
-        .iter()
-        .map(|r| {
-            if r.iter().all(|x| x.is_nan()) {
-                f64::NAN
-            } else {
-                r.iter()
-                    .zip(weights)
-                    .filter(|(x, _)| !x.is_nan())
-                    .map(|(x, w)| x * w)
-                    .sum()
-            }
-        })
-        .collect();
+    let totals: Vec<f64> = rows.iter().map(|r| weighted_total(r, weights)).collect();
     let s = nanstd(&totals);
-    s.is_finite() && s > 1e-8
+    !s.is_nan() && !is_zero(s)
 }

@@ -40,7 +40,7 @@ use crate::error::{GrpoError, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum LossType {
-    /// GRPO (Shao et al. 2024, eq. 3): PPO's clipped surrogate
+    /// GRPO (DeepSeekMath, Shao et al. 2024, arXiv 2402.03300, eq. 3): PPO's clipped surrogate
     /// `−min(w A, clip(w, 1−ε_low, 1+ε_high) A)`, averaged over each sequence's tokens, then
     /// over sequences. The per-sequence mean favours short correct and long wrong answers
     /// (Liu et al. 2025).
@@ -48,26 +48,26 @@ pub enum LossType {
     /// The clipped surrogate averaged over all tokens of the micro-batch (TRL's "batch
     /// normalised PPO").
     Bnpo,
-    /// Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-like training"): the clipped surrogate
+    /// Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-like training", arXiv 2503.20783): the clipped surrogate
     /// summed and divided by a constant `B · max_completion_length`, removing the length bias.
     DrGrpo,
-    /// DAPO (Yu et al. 2025, eq. 8): token-level mean over the whole generation batch (every
+    /// DAPO (Yu et al. 2025, arXiv 2503.14476, eq. 8): token-level mean over the whole generation batch (every
     /// token of every accumulated micro-batch weighs the same), usually with ε_high > ε_low
     /// ("clip-higher").
     #[default]
     Dapo,
-    /// CISPO (MiniMax-M1, 2025): `−sg(min(w, ε_high)) A ℓ`, a REINFORCE term with a clipped,
+    /// CISPO (MiniMax-M1, arXiv 2506.13585): `−sg(min(w, ε_high)) A ℓ`, a REINFORCE term with a clipped,
     /// stop-gradient importance weight, so clipped tokens still get gradient; DAPO's
     /// normalisation.
     Cispo,
-    /// SAPO (Gao et al. 2025, soft adaptive policy optimisation): `−(4/τ) σ(τ (w − 1)) A` with
+    /// SAPO (soft adaptive policy optimisation, arXiv 2511.20347): `−(4/τ) σ(τ (w − 1)) A` with
     /// `τ = τ_pos` when `A > 0` else `τ_neg`, a smooth gate in place of the hard clip;
     /// GRPO's normalisation.
     Sapo,
-    /// LUSPO (length-unbiased sequence policy optimisation): the clipped surrogate summed over
+    /// LUSPO (length-unbiased sequence policy optimisation, arXiv 2602.05261): the clipped surrogate summed over
     /// each sequence's tokens, averaged over sequences (intended with sequence-level weights).
     Luspo,
-    /// VESPO (variational sequence-level soft policy optimisation): `−φ(W) A ℓ` where `W` is the
+    /// VESPO (variational sequence-level soft policy optimisation, arXiv 2602.10693): `−φ(W) A ℓ` where `W` is the
     /// sequence's importance weight and `φ(W) = e^λ W^k e^{−λW}` (gamma-shaped, `φ(1) = 1`,
     /// no gradient), with `(k, λ)` chosen by the sign of `A`; DAPO's normalisation.
     Vespo,
@@ -81,7 +81,7 @@ pub enum IsLevel {
     #[default]
     Token,
     /// One weight per sequence, the geometric mean of its token ratios: GSPO (Zheng et al.
-    /// 2025, "Group Sequence Policy Optimization").
+    /// 2025, "Group Sequence Policy Optimization", arXiv 2507.18071).
     Sequence,
 }
 

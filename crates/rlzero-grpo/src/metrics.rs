@@ -51,14 +51,16 @@ pub struct StepMetrics {
     pub min_length: f64,
     /// Longest completion.
     pub max_length: f64,
-    /// Fraction that hit `max_completion_length` (`completions/clipped_ratio`).
+    /// Fraction that hit `max_completion_length` (`completions/clipped_ratio`). TRL counts every
+    /// completion not ending in EOS/pad, stop-string endings included; rlzero counts only those
+    /// cut by the length cap, which is what `mask_truncated_completions` masks too.
     pub clipped_ratio: f64,
     /// Mean length of the completions that ended by themselves
     /// (`completions/mean_terminated_length`; 0 when none did).
     pub mean_terminated_length: f64,
     /// Masked mean k3 KL to the reference (`kl`), when β > 0.
     pub kl: Option<f64>,
-    /// Masked mean policy entropy (`entropy`).
+    /// Policy entropy: the masked mean per loss call, averaged over calls (`entropy`, as TRL).
     pub entropy: f64,
     /// `clip_ratio/low_mean`, for the clipped-surrogate losses.
     pub clip_ratio_low: Option<f64>,
@@ -76,9 +78,13 @@ pub struct StepMetrics {
     pub grad_norm: f64,
     /// Learning rate of the update (`learning_rate`).
     pub learning_rate: f64,
-    /// Whether a non-finite loss or gradient made the step leave weights and optimizer alone.
+    /// Optimizer steps this call applied (`num_iterations`, fewer when a later iteration hit
+    /// a non-finite loss or gradient, 0 when skipped).
+    pub iterations: usize,
+    /// Whether a non-finite loss or gradient in the first iteration made the step leave weights
+    /// and optimizer state alone (or no prompt / no group with reward variance was left).
     pub skipped: bool,
-    /// Why, when skipped.
+    /// Why the step was skipped, or why it stopped after fewer than `num_iterations`.
     pub skip_reason: Option<String>,
     /// Completions sampled this step (all dynamic-sampling rounds).
     pub sampled_completions: usize,
@@ -140,6 +146,7 @@ impl StepMetrics {
         put("grad_norm", self.grad_norm);
         put("learning_rate", self.learning_rate);
         put("step_time", self.step_time);
+        put("iterations", self.iterations as f64);
         put("peak_rss_mib", self.peak_rss_mib);
         put("sampled_completions", self.sampled_completions as f64);
         put("trained_completions", self.trained_completions as f64);

@@ -88,7 +88,10 @@ pub struct Trainer {
     eos_token_ids: Vec<u32>,
     rewards: RewardSet,
     optimizer: AdamW,
+    /// Optimizer steps taken.
     step: u64,
+    /// Generation batches sampled (every `step()` call, skipped or not): the rollout seed.
+    batches: u64,
 }
 
 impl Trainer {
@@ -98,9 +101,9 @@ impl Trainer {
         cfg.validate()?;
         rewards.validate()?;
         let mut policy = model.decoder;
-        if policy.dtype() != DType::F32 && policy.dtype() != DType::F64 {
+        if policy.dtype() != DType::F32 {
             return Err(GrpoError::InvalidInput(format!(
-                "training needs f32 (or f64) weights, the model is {:?}",
+                "training needs f32 weights (the rollout path samples from f32), the model is {:?}",
                 policy.dtype()
             )));
         }
@@ -131,6 +134,7 @@ impl Trainer {
             rewards,
             optimizer,
             step: 0,
+            batches: 0,
         })
     }
 
@@ -152,6 +156,11 @@ impl Trainer {
     /// Optimizer steps taken.
     pub fn step_count(&self) -> u64 {
         self.step
+    }
+
+    /// Generation batches sampled, skipped steps included (the next rollout's seed slot).
+    pub fn batches_sampled(&self) -> u64 {
+        self.batches
     }
 
     /// The optimizer (its state is what a checkpoint saves).
@@ -185,10 +194,11 @@ impl Trainer {
                 num_generations: g,
                 dynamic_sampling: cfg.dynamic_sampling,
                 max_extra_rounds: cfg.dynamic_sampling_max_rounds,
-                step: self.step,
+                batch_index: self.batches,
             },
             prompts,
         )?;
+        self.batches += 1;
         drop(merged);
         times.rewards = generated.reward_seconds;
         times.rollout = t.elapsed().as_secs_f64() - times.rewards;
@@ -234,78 +244,10 @@ impl Trainer {
         m.completion_tokens = num_items as usize;
         times.forward += t.elapsed().as_secs_f64();
 
-        // 5. μ optimizer steps on this generation batch. Dynamic sampling may leave fewer
-        // micro-batches than configured: normalise by the number actually accumulated.
-        let mut acc = cfg.accumulation();
-        acc.gradient_accumulation_steps = micro.len();
-        acc.steps_per_generation = micro.len();
-        let vars: Vec<Var> = self.optimizer.vars().to_vec();
-        let temperature = cfg.sampling.temperature;
-        let (mut ent_sum, mut ent_n, mut n_loss_calls) = (0.0, 0.0, 0.0);
-        let mut stats = LossStats::default();
-        for it in 0..cfg.num_iterations {
-            let mut grads: Option<GradStore> = None;
-            let mut loss_total = 0.0;
-            for mb in &micro {
-                let t = Instant::now();
-                let scores = completion_logprobs(&self.policy, &mb.batch, temperature, it == 0)?;
-                let lp = scores.logprobs.to_dtype(DType::F32)?;
-                let out = grpo_loss(
-                    &cfg.loss,
-                    &acc,
-                    &LossInputs {
-                        logprobs: &lp,
-                        old_logprobs: mb.old.as_ref(),
-                        ref_logprobs: mb.reference.as_ref(),
-                        advantages: &mb.advantages,
-                        mask: &mb.loss_mask,
-                        num_items_in_batch: num_items,
-                    },
-                )?;
-                times.forward += t.elapsed().as_secs_f64();
-                if let Some(e) = &scores.entropy {
-                    ent_sum += (e.to_dtype(DType::F32)? * &mb.loss_mask)?
-                        .sum_all()?
-                        .to_scalar::<f32>()? as f64;
-                    ent_n += mb.loss_mask.sum_all()?.to_scalar::<f32>()? as f64;
-                }
-                stats.add(&out);
-                n_loss_calls += 1.0;
-                let loss = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                if !loss.is_finite() {
-                    return Ok(self.skipped(m, t_step, times, &format!("non-finite loss {loss}")));
-                }
-                loss_total += loss;
-                let t = Instant::now();
-                accumulate(&mut grads, out.loss.backward()?, &vars)?;
-                times.backward += t.elapsed().as_secs_f64();
-            }
-            let Some(mut grads) = grads else {
-                return Err(GrpoError::InvalidInput("no micro-batch to train on".into()));
-            };
-            let t = Instant::now();
-            let norm = match cfg.max_grad_norm {
-                Some(c) => clip_grad_norm(&mut grads, &vars, c)?,
-                None => grad_norm(&grads, &vars)?,
-            };
-            if !norm.is_finite() {
-                return Ok(self.skipped(
-                    m,
-                    t_step,
-                    times,
-                    &format!("non-finite gradient norm {norm}"),
-                ));
-            }
-            let lr = cfg.schedule.lr_at(cfg.optim.lr, self.step, cfg.max_steps);
-            self.optimizer.step(&grads, lr)?;
-            self.step += 1;
-            times.optimizer += t.elapsed().as_secs_f64();
-            m.loss = loss_total;
-            m.grad_norm = norm;
-            m.learning_rate = lr;
+        // 5. μ optimizer steps on this generation batch.
+        if let Some(why) = self.optimize(&micro, num_items, &mut m, &mut times)? {
+            return Ok(self.skipped(m, t_step, times, &why));
         }
-        stats.finish(&mut m, n_loss_calls);
-        m.entropy = if ent_n > 0.0 { ent_sum / ent_n } else { 0.0 };
         m.step = self.step;
         m.trained_completions = generated.completions.len();
         m.step_time = t_step.elapsed().as_secs_f64();
@@ -324,7 +266,99 @@ impl Trainer {
         })
     }
 
-    /// Packs the generation batch into `gradient_accumulation_steps` micro-batches.
+    /// Loss → backward → clip → AdamW, `num_iterations` times over the micro-batches.
+    ///
+    /// A non-finite loss or gradient norm in the first iteration returns its reason before
+    /// anything was applied (the caller reports a skipped step). In a later iteration (μ > 1)
+    /// the iterations already applied stay applied: the step ends early, `iterations` says how
+    /// many ran and `skip_reason` why it stopped.
+    fn optimize(
+        &mut self,
+        micro: &[MicroBatch],
+        num_items: f64,
+        m: &mut StepMetrics,
+        times: &mut PhaseTimes,
+    ) -> Result<Option<String>> {
+        let cfg = self.cfg.clone();
+        let mut acc = cfg.accumulation();
+        // Dynamic sampling may leave fewer micro-batches than configured.
+        acc.gradient_accumulation_steps = micro.len();
+        acc.steps_per_generation = micro.len();
+        let vars: Vec<Var> = self.optimizer.vars().to_vec();
+        let mut stats = LossStats::default();
+        for it in 0..cfg.num_iterations {
+            let mut grads: Option<GradStore> = None;
+            let mut loss_total = 0.0;
+            let mut failure = None;
+            for mb in micro {
+                let t = Instant::now();
+                let scores =
+                    completion_logprobs(&self.policy, &mb.batch, cfg.sampling.temperature, true)?;
+                let out = grpo_loss(
+                    &cfg.loss,
+                    &acc,
+                    &LossInputs {
+                        logprobs: &scores.logprobs,
+                        old_logprobs: mb.old.as_ref(),
+                        ref_logprobs: mb.reference.as_ref(),
+                        advantages: &mb.advantages,
+                        mask: &mb.loss_mask,
+                        num_items_in_batch: num_items,
+                    },
+                )?;
+                times.forward += t.elapsed().as_secs_f64();
+                stats.add(&out, scores.entropy.as_ref(), &mb.loss_mask)?;
+                let loss = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                if !loss.is_finite() {
+                    failure = Some(format!("non-finite loss {loss}"));
+                    break;
+                }
+                loss_total += loss;
+                let t = Instant::now();
+                accumulate(&mut grads, out.loss.backward()?, &vars)?;
+                times.backward += t.elapsed().as_secs_f64();
+            }
+            let t = Instant::now();
+            let norm = match (&failure, grads.as_mut()) {
+                (None, Some(g)) => match cfg.max_grad_norm {
+                    Some(c) => clip_grad_norm(g, &vars, c)?,
+                    None => grad_norm(g, &vars)?,
+                },
+                (None, None) => {
+                    return Err(GrpoError::InvalidInput("no micro-batch to train on".into()))
+                }
+                (Some(_), _) => f64::NAN,
+            };
+            if failure.is_none() && !norm.is_finite() {
+                failure = Some(format!("non-finite gradient norm {norm}"));
+            }
+            if let Some(why) = failure {
+                if it == 0 {
+                    return Ok(Some(why));
+                }
+                m.skip_reason = Some(format!(
+                    "iteration {} of {}: {why}; the {it} before it were applied",
+                    it + 1,
+                    cfg.num_iterations
+                ));
+                break;
+            }
+            let lr = cfg.schedule.lr_at(cfg.optim.lr, self.step, cfg.max_steps);
+            if let Some(g) = &grads {
+                self.optimizer.step(g, lr)?;
+            }
+            self.step += 1;
+            times.optimizer += t.elapsed().as_secs_f64();
+            m.iterations = it + 1;
+            m.loss = loss_total;
+            m.grad_norm = norm;
+            m.learning_rate = lr;
+        }
+        stats.finish(m);
+        Ok(None)
+    }
+
+    /// Packs the generation batch into (up to) `gradient_accumulation_steps` equal micro-batches.
     fn micro_batches(
         &self,
         prompts: &[TrainPrompt],
@@ -334,7 +368,14 @@ impl Trainer {
         let cfg = &self.cfg;
         let g = cfg.num_generations;
         let n = completions.len();
-        let per = n.div_ceil(cfg.gradient_accumulation_steps);
+        // Equal micro-batches (TRL never has ragged ones; the per-sequence losses weigh each
+        // micro-batch by 1/GA): the largest count ≤ GA that divides N, which is GA itself
+        // unless dynamic sampling returned fewer groups.
+        let k = (1..=cfg.gradient_accumulation_steps)
+            .rev()
+            .find(|d| n.is_multiple_of(*d))
+            .unwrap_or(1);
+        let per = n / k;
         let dev = self.policy.device().clone();
         let pad = self.eos_token_ids.first().copied().unwrap_or(0);
         let mut out = Vec::new();
@@ -455,10 +496,12 @@ fn accumulate(total: &mut Option<GradStore>, mut new: GradStore, vars: &[Var]) -
     Ok(())
 }
 
-/// Loss statistics averaged over every loss call of a step (TRL averages its per-micro-batch
-/// metric lists the same way).
+/// Loss statistics and entropy averaged over every loss call of a step: TRL appends one value
+/// per micro-batch (and iteration) and logs their mean.
 #[derive(Default)]
 struct LossStats {
+    calls: f64,
+    entropy: f64,
     kl: Option<f64>,
     low: Option<f64>,
     high: Option<f64>,
@@ -468,22 +511,38 @@ struct LossStats {
 }
 
 impl LossStats {
-    fn add(&mut self, o: &crate::loss::LossOutput) {
+    fn add(
+        &mut self,
+        o: &crate::loss::LossOutput,
+        entropy: Option<&Tensor>,
+        mask: &Tensor,
+    ) -> Result<()> {
         let add = |acc: &mut Option<f64>, v: Option<f64>| {
             if let Some(v) = v {
                 *acc = Some(acc.unwrap_or(0.0) + v);
             }
         };
+        self.calls += 1.0;
+        if let Some(e) = entropy {
+            let tokens = mask.sum_all()?.to_scalar::<f32>()? as f64;
+            let total = (e.to_dtype(DType::F32)? * mask)?
+                .sum_all()?
+                .to_scalar::<f32>()? as f64;
+            self.entropy += total / tokens.max(1.0);
+        }
         add(&mut self.kl, o.kl);
         add(&mut self.low, o.clip_ratio_low);
         add(&mut self.high, o.clip_ratio_high);
         add(&mut self.region, o.clip_ratio_region);
         add(&mut self.cispo, o.cispo_clip_ratio);
         add(&mut self.phi, o.vespo_phi_mean);
+        Ok(())
     }
 
-    fn finish(&self, m: &mut StepMetrics, n: f64) {
-        let mean = |v: Option<f64>| v.map(|s| s / n.max(1.0));
+    fn finish(&self, m: &mut StepMetrics) {
+        let n = self.calls.max(1.0);
+        let mean = |v: Option<f64>| v.map(|s| s / n);
+        m.entropy = self.entropy / n;
         m.kl = mean(self.kl);
         m.clip_ratio_low = mean(self.low);
         m.clip_ratio_high = mean(self.high);

@@ -283,7 +283,7 @@ pub fn unpermute_rows(t: &Tensor, n_heads: usize) -> Result<Tensor> {
     let dims = t.dims().to_vec();
     let rows = dims[0];
     let rest: usize = dims[1..].iter().product();
-    if n_heads == 0 || rows % (2 * n_heads) != 0 {
+    if n_heads == 0 || !rows.is_multiple_of(2 * n_heads) {
         return Err(ModelError::InvalidInput(format!(
             "cannot un-permute {rows} rows over {n_heads} heads"
         )));
@@ -303,7 +303,7 @@ pub fn permute_rows(t: &Tensor, n_heads: usize) -> Result<Tensor> {
     let dims = t.dims().to_vec();
     let rows = dims[0];
     let rest: usize = dims[1..].iter().product();
-    if n_heads == 0 || rows % (2 * n_heads) != 0 {
+    if n_heads == 0 || !rows.is_multiple_of(2 * n_heads) {
         return Err(ModelError::InvalidInput(format!(
             "cannot permute {rows} rows over {n_heads} heads"
         )));

@@ -78,5 +78,5 @@ pub use rational::Rational;
 pub use reward::{reward_fn, FnReward, Named, Reward};
 pub use set::RewardSet;
 pub use stats::{nan_mean, nan_std};
-pub use table::RewardTable;
+pub use table::{weighted_total, RewardTable};
 pub use tags::TagPair;

@@ -68,16 +68,7 @@ impl RewardTable {
     pub fn totals(&self) -> Vec<f64> {
         self.values
             .iter()
-            .map(|row| {
-                if row.iter().all(|v| v.is_nan()) {
-                    return f64::NAN;
-                }
-                row.iter()
-                    .zip(&self.weights)
-                    .filter(|(v, _)| !v.is_nan())
-                    .map(|(v, w)| v * w)
-                    .sum()
-            })
+            .map(|row| weighted_total(row, &self.weights))
             .collect()
     }
 
@@ -121,6 +112,19 @@ impl RewardTable {
             .map(|row| row.iter().all(|v| v.is_nan()))
             .collect()
     }
+}
+
+/// One row's weighted reward: the nan-aware weighted sum (TRL's `nansum` of `rewards × weights`),
+/// or `NaN` when every reward abstained (TRL's unscorable completion).
+pub fn weighted_total(row: &[f64], weights: &[f64]) -> f64 {
+    if row.iter().all(|v| v.is_nan()) {
+        return f64::NAN;
+    }
+    row.iter()
+        .zip(weights)
+        .filter(|(v, _)| !v.is_nan())
+        .map(|(v, w)| v * w)
+        .sum()
 }
 
 #[cfg(test)]
