@@ -113,11 +113,12 @@ fn reward_rises_from_chance_and_is_reproducible() {
 }
 
 #[test]
-fn lora_learns_and_kl_is_reported() {
+fn lora_with_dropout_learns_and_kl_is_reported() {
     let mut cfg = config();
     cfg.lora = Some(LoraConfig {
         r: 4,
         lora_alpha: 8.0,
+        lora_dropout: 0.05,
         ..LoraConfig::default()
     });
     cfg.optim.lr = 0.03;

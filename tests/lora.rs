@@ -8,12 +8,12 @@ use std::collections::HashSet;
 
 use anyhow::{anyhow, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Shape, Tensor, Var, WithDType, D};
+use candle_core::{DType, Device, Shape, Tensor, Var, WithDType, D};
 use common::{fixtures, max_abs_diff, reference, tiny_decoder, TINY};
 use rlzero::model::frozen_linear::frozen_matmul;
 use rlzero::model::{
-    load, Decoder, LoadOptions, LogitsToKeep, LoraConfig, ModelError, ModelSource, TargetModule,
-    WeightMode,
+    load, Decoder, LoadOptions, LogitsToKeep, LoraAdapter, LoraConfig, ModelError, ModelSource,
+    TargetModule, WeightMode,
 };
 use rlzero::rollout::{rollout, RolloutError, SamplingParams};
 
@@ -352,14 +352,7 @@ fn config_defaults_and_validation() -> Result<()> {
         assert_eq!(bad(c), "target_modules");
     }
 
-    // Dropout validates (PEFT accepts it) but is not implemented; the decoder stays unchanged.
     let mut m = tiny_decoder("tiny-llama", DType::F32, WeightMode::Frozen);
-    let drop = LoraConfig {
-        lora_dropout: 0.1,
-        ..d.clone()
-    };
-    drop.validate()?;
-    assert_eq!(field_of(m.add_lora(&drop)), "lora_dropout");
     assert!(!m.has_adapters() && m.vars().is_err());
     m.add_lora(&d)?;
     assert!(
@@ -410,5 +403,45 @@ fn rollouts_refuse_unmerged_adapters() -> Result<()> {
             assert!((a - b).abs() <= 1e-4, "rollout {a} vs adapted trainer {b}");
         }
     }
+    Ok(())
+}
+
+/// Input dropout: each forward draws a fresh inverted-dropout mask (outputs differ call to call),
+/// the sequence of masks is the same for the same seed (runs reproduce), the mean is preserved,
+/// and merged weights carry no dropout.
+#[test]
+fn lora_dropout_is_fresh_per_forward_reproducible_and_unbiased() -> Result<()> {
+    let cfg = LoraConfig {
+        r: 4,
+        lora_dropout: 0.5,
+        ..LoraConfig::default()
+    };
+    let x = noise((64, 32), DType::F64, 5)?; // (N, in)
+    let make = || -> Result<LoraAdapter> {
+        let a = LoraAdapter::new(32, 16, &cfg, 3, DType::F64, &Device::Cpu)?;
+        a.b.set(&noise((16, 4), DType::F64, 6)?)?;
+        Ok(a)
+    };
+    let (a1, a2) = (make()?, make()?);
+    let (y1, y2) = (a1.forward(&x)?, a1.forward(&x)?);
+    assert!(max_abs_diff(&y1, &y2) > 1e-3, "a fresh mask per forward");
+    let (z1, z2) = (a2.forward(&x)?, a2.forward(&x)?);
+    assert_eq!(max_abs_diff(&y1, &z1), 0.0, "same seed, same first mask");
+    assert_eq!(max_abs_diff(&y2, &z2), 0.0, "same seed, same second mask");
+    // E[drop(x)] = x: the mean over many masks approaches the undropped output.
+    let mut plain = make()?;
+    plain.dropout = 0.0;
+    let want = plain.forward(&x)?;
+    let mut sum = want.zeros_like()?;
+    let n = 400;
+    for _ in 0..n {
+        sum = (sum + a1.forward(&x)?)?;
+    }
+    let mean = (sum / n as f64)?;
+    let rel = max_abs_diff(&mean, &want) / max_abs_diff(&want, &want.zeros_like()?);
+    assert!(
+        rel < 0.15,
+        "dropout must be unbiased: relative deviation {rel}"
+    );
     Ok(())
 }

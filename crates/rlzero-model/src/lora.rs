@@ -95,8 +95,9 @@ pub struct LoraConfig {
     pub r: usize,
     /// Scaling numerator `α`. Default 8 (PEFT).
     pub lora_alpha: f64,
-    /// Dropout on the adapter's input. Default 0.0 (PEFT). Only 0.0 is implemented:
-    /// [`Decoder::add_lora`] rejects `p > 0` with a typed error.
+    /// Dropout on the adapter's input in every trainer forward (PEFT in train mode; TRL keeps
+    /// dropout on by default). Default 0.0 (PEFT). Masks are seeded from `seed`, so runs
+    /// reproduce.
     pub lora_dropout: f64,
     /// Projections to adapt in every layer. Default: all seven (PEFT's `"all-linear"` for these
     /// architectures, which excludes `lm_head`; the usual GRPO/TRL recipe). PEFT's own per-model
@@ -189,9 +190,15 @@ pub struct LoraAdapter {
     pub b: Var,
     /// Output scale `s` ([`LoraConfig::scale`]).
     pub scale: f64,
-    /// Input dropout probability; only 0.0 is implemented ([`LoraAdapter::forward`] errors
-    /// otherwise).
+    /// Input dropout probability `p` (PEFT's `lora_dropout`): each forward through the unmerged
+    /// adapter multiplies `x` by a fresh mask of `0` (probability `p`) and `1/(1−p)`. Merged
+    /// weights (rollouts, export) carry no dropout, as PEFT in eval mode.
     pub dropout: f64,
+    /// Seed of this adapter's dropout masks, from `(cfg.seed, stream)`.
+    dropout_seed: u64,
+    /// Forwards run so far: mask `k` is drawn from `(dropout_seed, k)`, so a run replays the same
+    /// masks in the same order whatever the thread count.
+    dropout_calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LoraAdapter {
@@ -208,6 +215,7 @@ impl LoraAdapter {
     ) -> Result<Self> {
         let mut rng = SplitMix64(cfg.seed);
         let mut rng = SplitMix64(rng.next_u64() ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let dropout_seed = rng.next_u64();
         let bound = 1.0 / (in_dim as f64).sqrt();
         let a: Vec<f64> = (0..cfg.r * in_dim)
             .map(|_| (2.0 * rng.next_f64() - 1.0) * bound)
@@ -219,20 +227,42 @@ impl LoraAdapter {
             b: Var::from_tensor(&b)?,
             scale: cfg.scale(),
             dropout: cfg.lora_dropout,
+            dropout_seed,
+            dropout_calls: Default::default(),
         })
     }
 
-    /// The adapter's contribution `s · (x Aᵀ) Bᵀ` for `x` `(N, in)` → `(N, out)`.
+    /// The adapter's contribution `s · (drop(x) Aᵀ) Bᵀ` for `x` `(N, in)` → `(N, out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.dropout != 0.0 {
-            return Err(ModelError::InvalidLoraConfig {
-                field: "lora_dropout",
-                reason: format!("{} > 0 is not implemented yet", self.dropout),
-            });
-        }
+        let dropped;
+        let x = if self.dropout > 0.0 {
+            dropped = (x * self.dropout_mask(x)?)?; // (N, in)
+            &dropped
+        } else {
+            x
+        };
         let h = x.matmul(&self.a.as_tensor().t()?)?; // (N, r)
         let y = h.matmul(&self.b.as_tensor().t()?)?; // (N, out)
         Ok((y * self.scale)?)
+    }
+
+    /// Inverted-dropout mask shaped like `x`: `0` with probability `p`, else `1/(1−p)`.
+    fn dropout_mask(&self, x: &Tensor) -> Result<Tensor> {
+        let call = self
+            .dropout_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut rng = SplitMix64(self.dropout_seed ^ call.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let keep = 1.0 - self.dropout;
+        let m: Vec<f32> = (0..x.elem_count())
+            .map(|_| {
+                if rng.next_f64() < keep {
+                    (1.0 / keep) as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Ok(Tensor::from_vec(m, x.shape(), x.device())?.to_dtype(x.dtype())?)
     }
 
     /// `W + s·B·A` `(out, in)` as a new constant tensor in `w`'s dtype (computed in at least f32).
@@ -311,15 +341,9 @@ impl Decoder {
     /// Attaches a fresh adapter (`B = 0`, so the outputs do not change) to each of
     /// `cfg.target_modules` in every layer. The base must be frozen (load it with
     /// [`WeightMode::Frozen`] or call [`Decoder::freeze`]) and carry no adapters yet; `cfg` must
-    /// validate and have `lora_dropout == 0`. Adapters take the decoder's dtype and device.
+    /// validate. Adapters take the decoder's dtype and device.
     pub fn add_lora(&mut self, cfg: &LoraConfig) -> Result<()> {
         cfg.validate()?;
-        if cfg.lora_dropout != 0.0 {
-            return Err(ModelError::InvalidLoraConfig {
-                field: "lora_dropout",
-                reason: format!("{} > 0 is not implemented yet; use 0.0", cfg.lora_dropout),
-            });
-        }
         if self.mode != WeightMode::Frozen {
             return Err(ModelError::Lora(
                 "the base weights are trainable; load with WeightMode::Frozen or call \
