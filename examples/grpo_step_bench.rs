@@ -4,8 +4,11 @@
 //! f32, AdamW (lr 1e-6), grad clip 1.0. Prints the median step time over STEPS (default 6, the
 //! first a warm-up, as the anchor) with its breakdown, and the process's peak RSS.
 //!
+//! `MICRO=k` splits the 8 sequences into k micro-batches (gradient accumulation: the same update,
+//! less activation memory).
+//!
 //!     ./scripts/fetch-models.sh
-//!     cargo run --release --example grpo_step_bench
+//!     cargo run --release --example grpo_step_bench            # or MICRO=4 STEPS=6 …
 use anyhow::Result;
 use rlzero::grpo::{GrpoConfig, TrainPrompt, Trainer};
 use rlzero::model::{load, LoadOptions, ModelSource};

@@ -8,54 +8,61 @@ use rayon::prelude::*;
 use super::fused::CHUNK;
 use crate::error::{GrpoError, Result};
 
+/// Runs `f` on a CPU `f32` contiguous tensor's elements in place (no copy); `None` for any
+/// other device, dtype or layout, where callers fall back to candle ops.
+fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<Option<R>> {
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => {
+            let data = data.get(start..end).ok_or_else(|| {
+                GrpoError::InvalidInput("gradient layout outside its storage".to_string())
+            })?;
+            f(data).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
 /// `Σ g²` of one gradient, accumulated in `f64`.
 ///
 /// CPU `f32` contiguous gradients are read in place, in fixed [`CHUNK`]-element partial sums
 /// combined in chunk order, so the value does not depend on the number of rayon threads.
 fn sum_sq(grad: &Tensor) -> Result<f64> {
-    {
-        let (storage, layout) = grad.storage_and_layout();
-        if let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) =
-            (&*storage, layout.contiguous_offsets())
-        {
-            let data = data.get(start..end).ok_or_else(|| {
-                GrpoError::InvalidInput("gradient layout outside its storage".to_string())
-            })?;
-            let chunk_sum = |c: &[f32]| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
-            let partials: Vec<f64> = data.par_chunks(CHUNK).map(chunk_sum).collect();
-            return Ok(partials.iter().sum());
-        }
+    let fast = with_cpu_f32(grad, |data| {
+        let chunk_sum = |c: &[f32]| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+        let partials: Vec<f64> = data.par_chunks(CHUNK).map(chunk_sum).collect();
+        Ok(partials.iter().sum())
+    })?;
+    match fast {
+        Some(v) => Ok(v),
+        None => Ok(grad
+            .to_dtype(DType::F64)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f64>()?),
     }
-    Ok(grad
-        .to_dtype(DType::F64)?
-        .sqr()?
-        .sum_all()?
-        .to_scalar::<f64>()?)
 }
 
 /// `g · coef` as a new tensor. CPU `f32` contiguous gradients are scaled in one parallel
 /// pass over the storage; others go through candle (`broadcast_mul` by a 0-dim tensor, a
 /// true multiply in g's dtype like torch's `g.mul_(clip_coef_clamped)`).
 fn scale(grad: &Tensor, coef: f64) -> Result<Tensor> {
-    {
-        let (storage, layout) = grad.storage_and_layout();
-        if let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) =
-            (&*storage, layout.contiguous_offsets())
-        {
-            let data = data.get(start..end).ok_or_else(|| {
-                GrpoError::InvalidInput("gradient layout outside its storage".to_string())
-            })?;
-            let c = coef as f32;
-            let out: Vec<f32> = data
-                .par_iter()
-                .with_min_len(CHUNK)
-                .map(|&x| x * c)
-                .collect();
-            return Ok(Tensor::from_vec(out, grad.shape(), grad.device())?);
+    let c = coef as f32;
+    let fast = with_cpu_f32(grad, |data| {
+        let out: Vec<f32> = data
+            .par_iter()
+            .with_min_len(CHUNK)
+            .map(|&x| x * c)
+            .collect();
+        Ok(Tensor::from_vec(out, grad.shape(), grad.device())?)
+    })?;
+    match fast {
+        Some(t) => Ok(t),
+        None => {
+            let c = Tensor::new(coef, grad.device())?.to_dtype(grad.dtype())?;
+            Ok(grad.broadcast_mul(&c)?)
         }
     }
-    let c = Tensor::new(coef, grad.device())?.to_dtype(grad.dtype())?;
-    Ok(grad.broadcast_mul(&c)?)
 }
 
 /// The global L2 norm `sqrt(Σᵢ ‖gᵢ‖²)` of the gradients of `vars` found in `grads`, without
