@@ -1,13 +1,16 @@
-//! # rlzero
+// README.md is the crate's front page, and its Rust snippets compile as doctests, so what it
+// shows cannot drift from the API.
+#![doc = include_str!("../README.md")]
 //!
-//! R1-Zero-style reinforcement learning for small open language models, in Rust on candle.
+//! ## Modules
 //!
 //! * [`model`]: trainable Llama / Qwen2 / Qwen3 decoders, loading from the Hub, HF directories
-//!   and GGUF files, tokenizers and chat templates.
+//!   and GGUF files, tokenizers and chat templates, LoRA.
 //! * [`rollout`]: batched sampling with a KV cache whose log-probs are the trainer's.
 //! * [`rewards`]: verifiable rewards (format, numeric answer, countdown, …), no candle inside.
 //! * [`grpo`]: GRPO and its successors, matching TRL 1.16's math; [`grpo::Trainer::step`].
 //! * [`malloc`]: an opt-in allocator setting for training binaries.
+
 pub use rlzero_grpo as grpo;
 pub use rlzero_model as model;
 pub use rlzero_rewards as rewards;
