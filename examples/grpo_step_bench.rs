@@ -4,8 +4,9 @@
 //! f32, AdamW (lr 1e-6), grad clip 1.0. Prints the median step time over STEPS (default 6, the
 //! first a warm-up, as the anchor) with its breakdown, and the process's peak RSS.
 //!
-//! `MICRO=k` splits the 8 sequences into k micro-batches (gradient accumulation: the same update,
-//! less activation memory).
+//! `MICRO=k` splits the 8 sequences into k micro-batches (gradient accumulation); `PASS=n` runs
+//! the forward/backward over n sequences at a time inside each micro-batch
+//! (`sequences_per_pass`). Both give the same update with less activation memory.
 //!
 //!     ./scripts/fetch-models.sh
 //!     cargo run --release --example grpo_step_bench            # or MICRO=4 STEPS=6 …
@@ -26,11 +27,14 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
+    let pass = std::env::var("PASS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
     let model = load(
         &ModelSource::parse("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
         &LoadOptions::default(),
     )?;
-    let cfg = GrpoConfig::from_toml_str(&format!(
+    let mut cfg = GrpoConfig::from_toml_str(&format!(
         r#"
         max_steps = 1000
         prompts_per_step = 1
@@ -46,6 +50,7 @@ fn main() -> Result<()> {
         lr = 1e-6
         "#
     ))?;
+    cfg.sequences_per_pass = pass;
     // The anchor's reward: 1 when the completion contains a + b.
     let rewards = RewardSet::new().with(
         reward_fn("contains_answer", |x: &RewardInput<'_>| {
@@ -71,7 +76,7 @@ fn main() -> Result<()> {
     let mut prompts = prompts.into_iter().cycle();
     let mut trainer = Trainer::new(cfg, model, rewards)?;
     println!(
-        "threads={} micro-batches={micro}",
+        "threads={} micro-batches={micro} sequences-per-pass={pass:?}",
         rayon::current_num_threads()
     );
     let mut rows = Vec::new();

@@ -96,6 +96,11 @@ pub struct GrpoConfig {
     /// Micro-batches the generation batch is split into (gradients accumulated, one optimizer
     /// step). Default 1.
     pub gradient_accumulation_steps: usize,
+    /// Forward/backward passes cover at most this many sequences of a micro-batch; the loss
+    /// keeps the micro-batch's normalisation, so the update is the same as one pass (up to
+    /// float summation order) while peak activation memory shrinks with it. `None` (default):
+    /// the whole micro-batch in one pass, as TRL.
+    pub sequences_per_pass: Option<usize>,
     /// Optimizer steps per generation batch, `μ` (GRPO's inner iterations). Default 1 (TRL).
     pub num_iterations: usize,
     /// Source of the old log-probs when `μ > 1`. Default `rollout` (see [`OldLogprobs`]).
@@ -137,6 +142,7 @@ impl Default for GrpoConfig {
             prompts_per_step: 1,
             num_generations: 8,
             gradient_accumulation_steps: 1,
+            sequences_per_pass: None,
             num_iterations: 1,
             old_logprobs: OldLogprobs::Rollout,
             scale_rewards: ScaleRewards::Group,
@@ -260,6 +266,9 @@ impl GrpoConfig {
                     self.generation_batch_size()
                 ),
             ));
+        }
+        if self.sequences_per_pass == Some(0) {
+            return Err(GrpoError::config("sequences_per_pass", "must be ≥ 1"));
         }
         if let Some(c) = self.max_grad_norm {
             if !(c.is_finite() && c > 0.0) {

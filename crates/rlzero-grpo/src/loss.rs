@@ -24,6 +24,7 @@
 //!     advantages: &Tensor::new(&[0.5f64], &Device::Cpu)?,
 //!     mask: &Tensor::new(&[[1.0f64, 1.0]], &Device::Cpu)?,
 //!     num_items_in_batch: 2.0,
+//!     micro_batch: None,
 //! };
 //! let out = grpo_loss(&LossConfig::default(), &Accumulation::default(), &inputs)?;
 //! // On-policy (ratio 1), DAPO: −Σ A / num_items = −(0.5 + 0.5) / 2.
@@ -247,6 +248,11 @@ pub struct LossInputs<'a> {
     pub mask: &'a Tensor,
     /// Σ mask over the whole generation batch (all micro-batches): DAPO's token count.
     pub num_items_in_batch: f64,
+    /// `Some((rows, Σ mask))` of the whole micro-batch when these inputs are only a chunk of it
+    /// (activation chunking): the per-micro-batch normalisations of grpo, sapo, bnpo, dr_grpo
+    /// and luspo then use the micro-batch's totals, so the chunks' losses sum to exactly the
+    /// micro-batch's. `None`: the inputs are the whole micro-batch.
+    pub micro_batch: Option<(usize, f64)>,
 }
 
 /// The loss and the statistics TRL logs for one micro-batch.
@@ -422,25 +428,30 @@ pub fn grpo_loss(cfg: &LossConfig, acc: &Accumulation, x: &LossInputs<'_>) -> Re
     let ga = acc.gradient_accumulation_steps as f64;
     let masked = per_token_loss.broadcast_mul(&mask)?; // (B, T)
     let tokens_per_row = mask.sum(D::Minus1)?; // (B,)
+                                               // Totals of the whole micro-batch (these inputs, unless they are a chunk of it).
+    let mb_rows = x.micro_batch.map_or(b, |(rows, _)| rows) as f64;
+    let mb_tokens = || -> Result<f64> {
+        match x.micro_batch {
+            Some((_, tokens)) => Ok(tokens),
+            None => scalar(&mask.sum_all()?),
+        }
+    };
     out.loss = match cfg.loss_type {
         LossType::Grpo | LossType::Sapo => {
             let per_row = masked
                 .sum(D::Minus1)?
                 .div(&tokens_per_row.clamp(1.0, f64::INFINITY)?)?;
-            (per_row.mean_all()? / ga)?
+            (per_row.sum_all()? / (mb_rows * ga))?
         }
-        LossType::Bnpo => {
-            let n = scalar(&mask.sum_all()?)?.max(1.0);
-            (masked.sum_all()? / (n * ga))?
-        }
+        LossType::Bnpo => (masked.sum_all()? / (mb_tokens()?.max(1.0) * ga))?,
         LossType::DrGrpo => {
-            (masked.sum_all()? / (b as f64 * acc.max_completion_length as f64 * ga))?
+            (masked.sum_all()? / (mb_rows * acc.max_completion_length as f64 * ga))?
         }
         LossType::Dapo | LossType::Cispo | LossType::Vespo => {
             let normalizer = x.num_items_in_batch.max(1.0) * ga / acc.steps_per_generation as f64;
             (masked.sum_all()? / normalizer)?
         }
-        LossType::Luspo => (masked.sum(D::Minus1)?.mean_all()? / ga)?,
+        LossType::Luspo => (masked.sum_all()? / (mb_rows * ga))?,
     };
 
     match cfg.loss_type {

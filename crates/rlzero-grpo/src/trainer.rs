@@ -290,33 +290,60 @@ impl Trainer {
             let mut grads: Option<GradStore> = None;
             let mut loss_total = 0.0;
             let mut failure = None;
-            for mb in micro {
-                let t = Instant::now();
-                let scores =
-                    completion_logprobs(&self.policy, &mb.batch, cfg.sampling.temperature, true)?;
-                let out = grpo_loss(
-                    &cfg.loss,
-                    &acc,
-                    &LossInputs {
-                        logprobs: &scores.logprobs,
-                        old_logprobs: mb.old.as_ref(),
-                        ref_logprobs: mb.reference.as_ref(),
-                        advantages: &mb.advantages,
-                        mask: &mb.loss_mask,
-                        num_items_in_batch: num_items,
-                    },
-                )?;
-                times.forward += t.elapsed().as_secs_f64();
-                stats.add(&out, scores.entropy.as_ref(), &mb.loss_mask)?;
-                let loss = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                if !loss.is_finite() {
-                    failure = Some(format!("non-finite loss {loss}"));
-                    break;
+            'micro: for mb in micro {
+                let rows = mb.batch.len();
+                let pass = cfg.sequences_per_pass.unwrap_or(rows).min(rows);
+                let chunked = pass < rows;
+                let mb_tokens = if chunked {
+                    Some(mb.loss_mask.sum_all()?.to_scalar::<f32>()? as f64)
+                } else {
+                    None
+                };
+                for start in (0..rows).step_by(pass) {
+                    let len = pass.min(rows - start);
+                    let part = |t: &Tensor| -> Result<Tensor> {
+                        Ok(if chunked {
+                            t.narrow(0, start, len)?
+                        } else {
+                            t.clone()
+                        })
+                    };
+                    let t = Instant::now();
+                    let batch = if chunked {
+                        mb.batch.rows(start, len)?
+                    } else {
+                        mb.batch.clone()
+                    };
+                    let mask = part(&mb.loss_mask)?;
+                    let scores =
+                        completion_logprobs(&self.policy, &batch, cfg.sampling.temperature, true)?;
+                    let old = mb.old.as_ref().map(&part).transpose()?;
+                    let reference = mb.reference.as_ref().map(&part).transpose()?;
+                    let out = grpo_loss(
+                        &cfg.loss,
+                        &acc,
+                        &LossInputs {
+                            logprobs: &scores.logprobs,
+                            old_logprobs: old.as_ref(),
+                            ref_logprobs: reference.as_ref(),
+                            advantages: &part(&mb.advantages)?,
+                            mask: &mask,
+                            num_items_in_batch: num_items,
+                            micro_batch: mb_tokens.map(|tokens| (rows, tokens)),
+                        },
+                    )?;
+                    times.forward += t.elapsed().as_secs_f64();
+                    stats.add(&out, scores.entropy.as_ref(), &mask)?;
+                    let loss = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                    if !loss.is_finite() {
+                        failure = Some(format!("non-finite loss {loss}"));
+                        break 'micro;
+                    }
+                    loss_total += loss;
+                    let t = Instant::now();
+                    accumulate(&mut grads, out.loss.backward()?, &vars)?;
+                    times.backward += t.elapsed().as_secs_f64();
                 }
-                loss_total += loss;
-                let t = Instant::now();
-                accumulate(&mut grads, out.loss.backward()?, &vars)?;
-                times.backward += t.elapsed().as_secs_f64();
             }
             let t = Instant::now();
             let norm = match (&failure, grads.as_mut()) {

@@ -98,6 +98,7 @@ fn run_loss_cases(dtype: DType, tol: f64) {
             advantages: &adv,
             mask: &mask,
             num_items_in_batch: f(&c["num_items_in_batch"]),
+            micro_batch: None,
         };
         let out = grpo_loss(&cfg, &acc, &inputs).unwrap_or_else(|e| panic!("{name}: {e}"));
         let loss = out

@@ -103,6 +103,27 @@ impl PackedBatch {
         })
     }
 
+    /// Rows `start .. start + len` as a batch of their own, with the same `P` and `C` columns
+    /// (extra padding is masked, so each row scores exactly as before).
+    pub fn rows(&self, start: usize, len: usize) -> Result<Self> {
+        if len == 0 || start + len > self.len() {
+            return Err(ModelError::InvalidInput(format!(
+                "rows {start}..{} of a {}-row batch",
+                start + len,
+                self.len()
+            )));
+        }
+        Ok(Self {
+            input_ids: self.input_ids.narrow(0, start, len)?,
+            attention_mask: self.attention_mask.narrow(0, start, len)?,
+            completion_ids: self.completion_ids.narrow(0, start, len)?,
+            completion_mask: self.completion_mask.narrow(0, start, len)?,
+            completion_lens: self.completion_lens[start..start + len].to_vec(),
+            prompt_len: self.prompt_len,
+            completion_len: self.completion_len,
+        })
+    }
+
     /// Number of rows `B`.
     pub fn len(&self) -> usize {
         self.completion_lens.len()
