@@ -98,8 +98,9 @@ pub struct GrpoConfig {
     pub gradient_accumulation_steps: usize,
     /// Forward/backward passes cover at most this many sequences of a micro-batch; the loss
     /// keeps the micro-batch's normalisation, so the update is the same as one pass (up to
-    /// float summation order) while peak activation memory shrinks with it. `None` (default):
-    /// the whole micro-batch in one pass, as TRL.
+    /// float summation order) while peak activation memory shrinks with it. The per-call
+    /// metrics (entropy, KL, clip ratios) are then means over passes rather than micro-batches.
+    /// `None` (default): the whole micro-batch in one pass, as TRL.
     pub sequences_per_pass: Option<usize>,
     /// Optimizer steps per generation batch, `μ` (GRPO's inner iterations). Default 1 (TRL).
     pub num_iterations: usize,
