@@ -10,6 +10,7 @@ pub mod generation;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+pub mod report;
 pub mod schedule;
 pub mod trainer;
 
@@ -19,5 +20,6 @@ pub use generation::TrainPrompt;
 pub use loss::{IsLevel, LossConfig, LossType};
 pub use metrics::StepMetrics;
 pub use optim::{clip_grad_norm, grad_norm, AdamW, AdamWParams, AdamWState};
+pub use report::{SampleRecord, StepReport};
 pub use schedule::LrSchedule;
-pub use trainer::{SampleRecord, StepReport, Trainer};
+pub use trainer::Trainer;
