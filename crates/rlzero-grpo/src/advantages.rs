@@ -159,17 +159,13 @@ pub fn compute_advantages(
             let summed: Vec<f64> = normed
                 .iter()
                 .zip(&rewards)
-                .map(|(r, raw)| {
-                    if raw.is_nan() {
-                        f64::NAN
-                    } else {
-                        r.iter()
-                            .zip(weights)
-                            .filter(|(x, _)| !x.is_nan())
-                            .map(|(x, w)| x * w)
-                            .sum()
-                    }
-                })
+                .map(
+                    |(r, raw)| match (raw.is_nan(), weighted_total(r, weights)) {
+                        (true, _) => f64::NAN,
+                        (false, t) if t.is_nan() => 0.0,
+                        (false, t) => t,
+                    },
+                )
                 .collect();
             let s = if n > 1 { nanstd(&summed) } else { 0.0 };
             let m = nanmean(&summed);
