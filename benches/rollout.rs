@@ -12,7 +12,7 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rlzero::model::{load, LoadOptions, Message, ModelSource, WeightMode};
-use rlzero::rollout::{kernels::linear, rollout, SamplingParams};
+use rlzero::rollout::{rollout, unstable::linear, SamplingParams};
 
 fn bench_linear(c: &mut Criterion) {
     let mut g = c.benchmark_group("linear/decode");
@@ -23,7 +23,7 @@ fn bench_linear(c: &mut Criterion) {
         let x: Vec<f32> = (0..8 * k).map(|i| ((i % 13) as f32 - 6.0) * 0.1).collect();
         g.throughput(Throughput::Bytes((k * o * 4) as u64));
         g.bench_function(format!("8x{k}->{o}"), |b| {
-            b.iter(|| linear(&x, 8, k, &w, o, None))
+            b.iter(|| linear(&x, 8, k, &w, o, None).expect("shapes match"))
         });
     }
     g.finish();

@@ -155,7 +155,7 @@ fn frozen() -> LoadOptions {
 fn f32_gguf_matches_the_safetensors_model_for_every_architecture() {
     for name in common::TINY {
         let st = tiny_decoder(name, DType::F32, WeightMode::Frozen);
-        let cfg = st.cfg.clone();
+        let cfg = st.config().clone();
         let mut extra = vec![];
         if let rlzero::model::RopeScaling::Llama3 {
             factor,
@@ -180,9 +180,9 @@ fn f32_gguf_matches_the_safetensors_model_for_every_architecture() {
         let path = tmp(&format!("{name}.gguf"));
         write_gguf(&path, &cfg, st.named_parameters(), GgmlDType::F32, extra);
         let g = load_gguf_decoder(&path, &frozen()).unwrap();
-        assert_eq!(g.cfg.architecture, cfg.architecture);
-        assert_eq!(g.cfg.tie_word_embeddings, cfg.tie_word_embeddings, "{name}");
-        assert_eq!(g.cfg.attention_bias, cfg.attention_bias, "{name}");
+        assert_eq!(g.config().architecture, cfg.architecture);
+        assert_eq!(g.config().tie_word_embeddings, cfg.tie_word_embeddings, "{name}");
+        assert_eq!(g.config().attention_bias, cfg.attention_bias, "{name}");
         let r = reference(name);
         let a = st
             .forward(&r["input_ids"], &r["attention_mask"], LogitsToKeep::All)
@@ -290,7 +290,7 @@ fn broken_gguf_files_are_typed_errors_naming_the_file() {
     let good = tmp("good.gguf");
     write_gguf(
         &good,
-        &st.cfg,
+        st.config(),
         st.named_parameters(),
         GgmlDType::Q8_0,
         vec![],

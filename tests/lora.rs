@@ -106,6 +106,7 @@ fn frozen_matmul_equals_matmul_without_a_weight_gradient() -> Result<()> {
     let gp = (&plain * &r)?.sum_all()?.backward()?;
     let gf = (&frozen * &r)?.sum_all()?.backward()?;
     let (dxp, dxf) = (grad::<f32>(&gp, "x", &x)?, grad::<f32>(&gf, "x", &x)?);
+    assert_eq!(dxp.len(), dxf.len());
     assert!(dxp.iter().zip(&dxf).all(|(a, b)| (a - b).abs() <= 1e-6));
     // candle's matmul computes the constant's gradient too; the frozen op does not, anywhere.
     assert!(gp.get(&wt).is_some() && gp.get(&w).is_none());
@@ -125,7 +126,7 @@ fn zero_b_adapters_leave_logits_unchanged() -> Result<()> {
         let d = max_abs_diff(&logits(&base, name)?, &logits(&m, name)?);
         assert_eq!(d, 0.0, "{name}");
         let named = m.named_trainable()?;
-        assert_eq!(named.len(), m.cfg.num_hidden_layers * 7 * 2, "{name}");
+        assert_eq!(named.len(), m.config().num_hidden_layers * 7 * 2, "{name}");
         let p = "base_model.model.model.layers.0";
         assert_eq!(named[0].0, format!("{p}.self_attn.q_proj.lora_A.weight"));
         assert_eq!(named[1].0, format!("{p}.self_attn.q_proj.lora_B.weight"));
@@ -145,7 +146,7 @@ fn init_is_peft_like_and_seeded() -> Result<()> {
     let m = lora_decoder("tiny-llama", DType::F32, &cfg)?;
     assert_eq!(m.named_trainable()?.len(), 2 * 2 * 2);
     let q = |m: &Decoder| {
-        m.layers[0]
+        m.layers()[0]
             .self_attn
             .q_proj
             .lora
@@ -155,7 +156,7 @@ fn init_is_peft_like_and_seeded() -> Result<()> {
     let q0 = q(&m)?;
     assert_eq!((q0.a.dims(), q0.b.dims()), (&[8, 64][..], &[64, 8][..]));
     let a = flat::<f32>(&q0.a)?;
-    let bound = 1.0 / (m.cfg.hidden_size as f32).sqrt(); // PEFT: kaiming_uniform(a=√5)
+    let bound = 1.0 / (m.config().hidden_size as f32).sqrt(); // PEFT: kaiming_uniform(a=√5)
     assert!(a.iter().all(|v| v.abs() <= bound) && a.iter().any(|v| v.abs() > bound / 2.0));
     assert!(flat::<f32>(&q0.b)?.iter().all(|v| *v == 0.0));
     // The same seed gives the same A, whatever the other targets; another seed another A.
@@ -182,6 +183,7 @@ fn merged_matches_the_adapted_forward_and_shares_the_rest() -> Result<()> {
         let d = max_abs_diff(&a, &b);
         eprintln!("{name}: max |merged − adapted| logit {d:e}");
         assert!(d <= 1e-5, "{name}: {d}");
+        assert_eq!(m.named_parameters().len(), merged.named_parameters().len());
         for ((n, t), (n2, t2)) in m.named_parameters().iter().zip(merged.named_parameters()) {
             assert_eq!(n, n2);
             let adapted = n.contains("_proj.weight") && n.starts_with("model.layers.");
@@ -191,7 +193,7 @@ fn merged_matches_the_adapted_forward_and_shares_the_rest() -> Result<()> {
         let reference = m.frozen_copy()?;
         assert!(!reference.has_adapters());
         assert_eq!(max_abs_diff(&logits(&reference, name)?, &base), 0.0);
-        assert!(same_storage(&reference.embed_tokens, &m.embed_tokens));
+        assert!(same_storage(reference.embed_tokens(), m.embed_tokens()));
     }
     Ok(())
 }
@@ -363,9 +365,9 @@ fn config_defaults_and_validation() -> Result<()> {
     // A trainable base is refused until frozen (in place, sharing storage).
     let mut t = tiny_decoder("tiny-llama", DType::F32, WeightMode::Trainable);
     assert!(matches!(t.add_lora(&d), Err(ModelError::Lora(_))));
-    let embed = t.embed_tokens.clone();
+    let embed = t.embed_tokens().clone();
     t.freeze()?;
-    assert!(t.mode() == WeightMode::Frozen && same_storage(&embed, &t.embed_tokens));
+    assert!(t.mode() == WeightMode::Frozen && same_storage(&embed, t.embed_tokens()));
     t.add_lora(&d)?;
     assert_eq!(t.vars()?.len(), 2 * 7 * 2);
     Ok(())
@@ -399,6 +401,7 @@ fn rollouts_refuse_unmerged_adapters() -> Result<()> {
     for c in &out {
         let prompt = &prompts[c.prompt_index];
         let want = common::trainer_logprobs(&lm.decoder, prompt, &c.token_ids, 1.0);
+        assert_eq!(c.logprobs.len(), want.len());
         for (a, b) in c.logprobs.iter().zip(&want) {
             assert!((a - b).abs() <= 1e-4, "rollout {a} vs adapted trainer {b}");
         }

@@ -44,6 +44,7 @@ fn rollout_logprobs_equal_the_trainable_forward() {
                     &c.token_ids,
                     temperature,
                 );
+                assert_eq!(c.logprobs.len(), want.len());
                 for (a, b) in c.logprobs.iter().zip(&want) {
                     worst = worst.max((a - b).abs());
                 }
@@ -248,6 +249,48 @@ fn bad_requests_are_typed_errors() {
             matches!(e, RolloutError::InvalidParam { name: n, .. } if n == name),
             "{name}: {e}"
         );
+    }
+}
+
+#[test]
+fn the_fast_path_refuses_what_it_cannot_run() {
+    // f64 weights: the fast path reads f32 slices, so it must say so rather than reinterpret.
+    let m = tiny("tiny-llama");
+    let f64_decoder = m.decoder.to_dtype(candle_core::DType::F64, WeightMode::Frozen).unwrap();
+    let p = SamplingParams {
+        max_new_tokens: 2,
+        ..SamplingParams::default()
+    };
+    let e = rollout(&f64_decoder, &m.tokenizer, &prompts(), 1, &p, 0).unwrap_err();
+    assert!(
+        matches!(&e, RolloutError::UnsupportedModel(s) if s.contains("F64")),
+        "{e}"
+    );
+    assert!(e.to_string().contains("CPU f32"), "{e}");
+}
+
+#[test]
+fn tied_embeddings_roll_out_from_the_shared_weight() {
+    // A tied lm_head is the embedding's storage; the rollout locks it once (a second read lock
+    // from the same thread can deadlock against a waiting writer) and still samples from it.
+    let tied = common::TINY
+        .iter()
+        .map(|n| tiny(n))
+        .find(|m| m.decoder.has_tied_embeddings())
+        .expect("a tiny fixture with tied embeddings");
+    let p = SamplingParams {
+        max_new_tokens: 4,
+        ..SamplingParams::default()
+    };
+    let out = rollout(&tied.decoder, &tied.tokenizer, &prompts(), 2, &p, 0).unwrap();
+    assert_eq!(out.len(), prompts().len() * 2);
+    for c in &out {
+        let want =
+            common::trainer_logprobs(&tied.decoder, &prompts()[c.prompt_index], &c.token_ids, 1.0);
+        assert_eq!(c.logprobs.len(), want.len());
+        for (a, b) in c.logprobs.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-4, "{a} vs {b}");
+        }
     }
 }
 

@@ -25,15 +25,22 @@ pub enum LogitsToKeep {
     Last(usize),
 }
 
+/// One pre-norm transformer block (`model.layers.N`):
+/// `h = x + attn(norm₁(x))`, `y = h + mlp(norm₂(h))`.
 #[derive(Debug, Clone)]
 pub struct DecoderLayer {
+    /// Norm before attention.
     pub input_layernorm: RmsNorm,
+    /// Causal self-attention.
     pub self_attn: Attention,
+    /// Norm before the MLP.
     pub post_attention_layernorm: RmsNorm,
+    /// SwiGLU feed-forward.
     pub mlp: Mlp,
 }
 
 impl DecoderLayer {
+    /// Reads the block's weights under `vb` (`model.layers.N`).
     pub fn new(cfg: &DecoderConfig, vb: Vb<'_>) -> Result<Self> {
         Ok(Self {
             input_layernorm: RmsNorm::new(
@@ -56,6 +63,8 @@ impl DecoderLayer {
         })
     }
 
+    /// `x (B, T, hidden)`, rotary `cos`/`sin` and additive attention `bias` as
+    /// [`Decoder::forward_hidden`] builds them → `(B, T, hidden)`.
     pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let h = (x + self
             .self_attn
@@ -68,12 +77,15 @@ impl DecoderLayer {
 }
 
 /// A causal LM with weights in HF naming (`model.layers.N.self_attn.q_proj.weight`, …).
+///
+/// Its fields are private so that the module tree and [`Decoder::named_parameters`] cannot drift
+/// apart; read them through the accessors.
 pub struct Decoder {
-    pub cfg: DecoderConfig,
-    pub embed_tokens: Tensor,
-    pub layers: Vec<DecoderLayer>,
-    pub norm: RmsNorm,
-    pub lm_head: Linear,
+    pub(crate) cfg: DecoderConfig,
+    pub(crate) embed_tokens: Tensor,
+    pub(crate) layers: Vec<DecoderLayer>,
+    pub(crate) norm: RmsNorm,
+    pub(crate) lm_head: Linear,
     rotary: Rotary,
     /// Every weight the forward uses, by checkpoint name, each once (tied embeddings once).
     pub(crate) params: Vec<(String, Tensor)>,
@@ -113,11 +125,43 @@ impl Decoder {
         })
     }
 
+    /// The architecture and sizes this decoder was built from.
+    pub fn config(&self) -> &DecoderConfig {
+        &self.cfg
+    }
+
+    /// The token embedding `(vocab, hidden)` (`model.embed_tokens.weight`).
+    pub fn embed_tokens(&self) -> &Tensor {
+        &self.embed_tokens
+    }
+
+    /// The transformer blocks, in order (`model.layers.N`).
+    pub fn layers(&self) -> &[DecoderLayer] {
+        &self.layers
+    }
+
+    /// The final norm (`model.norm`).
+    pub fn norm(&self) -> &RmsNorm {
+        &self.norm
+    }
+
+    /// The vocabulary projection (`lm_head`); with tied embeddings its weight is the embedding's
+    /// storage, see [`Decoder::has_tied_embeddings`].
+    pub fn lm_head(&self) -> &Linear {
+        &self.lm_head
+    }
+
+    /// Whether `lm_head` reuses the token embedding's weight (`tie_word_embeddings`).
+    pub fn has_tied_embeddings(&self) -> bool {
+        self.cfg.tie_word_embeddings
+    }
+
     /// The weights' dtype.
     pub fn dtype(&self) -> DType {
         self.embed_tokens.dtype()
     }
 
+    /// The device the weights live on.
     pub fn device(&self) -> &Device {
         self.embed_tokens.device()
     }
@@ -174,11 +218,22 @@ impl Decoder {
     }
 
     /// A copy with every weight converted to `dtype` (e.g. f64 for finite-difference checks).
+    /// It never shares storage with `self`, even when `dtype` is already the weights' dtype
+    /// (candle's `to_dtype` would return the same storage then), so training the copy leaves
+    /// `self` untouched.
     pub fn to_dtype(&self, dtype: DType, mode: WeightMode) -> Result<Self> {
         let tensors = self
             .params
             .iter()
-            .map(|(n, t)| Ok((n.clone(), t.detach().to_dtype(dtype)?)))
+            .map(|(n, t)| {
+                let t = t.detach();
+                let converted = if t.dtype() == dtype {
+                    t.copy()?
+                } else {
+                    t.to_dtype(dtype)?
+                };
+                Ok((n.clone(), converted))
+            })
             .collect::<Result<_>>()?;
         let w = Weights::new("dtype copy", tensors, dtype, self.device(), mode)?;
         Self::new(&self.cfg, &w, mode)

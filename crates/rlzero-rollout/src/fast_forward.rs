@@ -36,10 +36,12 @@ pub struct WeightGuards<'t> {
     guards: Vec<(StorageRef<'t>, &'t Layout)>,
 }
 
-/// The tensors in the fixed order [`FastDecoder::new`] consumes them.
+/// The tensors in the fixed order [`FastDecoder::new`] consumes them. A tied `lm_head` is the
+/// embedding's storage and is not listed again: read-locking one `RwLock` twice from one thread
+/// can deadlock against a waiting writer.
 fn ordered_tensors(d: &Decoder) -> Vec<&Tensor> {
-    let mut ts = vec![&d.embed_tokens];
-    for l in &d.layers {
+    let mut ts = vec![d.embed_tokens()];
+    for l in d.layers() {
         let a = &l.self_attn;
         ts.push(&l.input_layernorm.weight);
         for p in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj] {
@@ -54,8 +56,10 @@ fn ordered_tensors(d: &Decoder) -> Vec<&Tensor> {
             ts.extend(p.bias.iter());
         }
     }
-    ts.push(&d.norm.weight);
-    ts.push(&d.lm_head.weight);
+    ts.push(&d.norm().weight);
+    if !d.has_tied_embeddings() {
+        ts.push(&d.lm_head().weight);
+    }
     ts
 }
 
@@ -174,7 +178,7 @@ impl<'a> FastDecoder<'a> {
         if d.has_adapters() {
             return Err(RolloutError::AdaptersNotMerged);
         }
-        let cfg = d.cfg.clone();
+        let cfg = d.config().clone();
         let (h, kv, hd, inter) = (
             cfg.hidden_size,
             cfg.num_key_value_heads,
@@ -182,11 +186,18 @@ impl<'a> FastDecoder<'a> {
             cfg.intermediate_size,
         );
         let nq = cfg.num_attention_heads * hd;
-        let mut it = guards.slices()?.into_iter();
-        let mut next = || {
-            it.next()
-                .expect("ordered_tensors and FastDecoder::new agree")
-        };
+        let slices = guards.slices()?;
+        // `ordered_tensors` and this function walk the same module tree, so the count matches
+        // unless the decoder changed between `lock` and `new`; check once instead of panicking.
+        let expected = ordered_tensors(d).len();
+        if slices.len() != expected {
+            return Err(RolloutError::UnsupportedModel(format!(
+                "{} locked weights for a decoder with {expected}",
+                slices.len()
+            )));
+        }
+        let mut it = slices.into_iter();
+        let mut next = || it.next().unwrap_or(&[]);
         // A linear map's weight, then its bias if it has one (the order of `ordered_tensors`).
         fn lin<'s>(
             next: &mut impl FnMut() -> &'s [f32],
@@ -200,7 +211,7 @@ impl<'a> FastDecoder<'a> {
         }
         let embed = next();
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for l in &d.layers {
+        for l in d.layers() {
             let a = &l.self_attn;
             let in_norm = next();
             let q = lin(&mut next, &a.q_proj, nq, h);
@@ -229,7 +240,11 @@ impl<'a> FastDecoder<'a> {
         }
         let norm = next();
         let lm_head = Lin {
-            w: next(),
+            w: if d.has_tied_embeddings() {
+                embed
+            } else {
+                next()
+            },
             b: None,
             out: cfg.vocab_size,
             inp: h,
@@ -246,10 +261,6 @@ impl<'a> FastDecoder<'a> {
             norm,
             lm_head,
         })
-    }
-
-    pub fn config(&self) -> &DecoderConfig {
-        &self.cfg
     }
 
     /// A cache sized for this model, with room for `initial` tokens.
@@ -407,6 +418,44 @@ fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], heads: usize, dim: usize) {
                 head[i] = a * c[i] - b * s[i];
                 head[i + half] = b * c[i] + a * s[i];
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rlzero_model::{load, LoadOptions, ModelSource};
+
+    fn fixture(name: &str) -> rlzero_model::LoadedModel {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        load(&ModelSource::Dir(dir.join(name)), &LoadOptions::default()).unwrap()
+    }
+
+    fn storage_ptr(t: &Tensor) -> *const f32 {
+        let (s, l) = t.storage_and_layout();
+        match &*s {
+            Storage::Cpu(c) => c.as_slice::<f32>().unwrap()[l.start_offset()..].as_ptr(),
+            _ => unreachable!("CPU fixtures"),
+        }
+    }
+
+    #[test]
+    fn every_weight_is_locked_once() {
+        for (name, tied) in [("tiny-qwen3", true), ("tiny-llama", false)] {
+            let m = fixture(name);
+            assert_eq!(m.decoder.has_tied_embeddings(), tied);
+            let ts = ordered_tensors(&m.decoder);
+            let mut ptrs: Vec<_> = ts.iter().map(|t| storage_ptr(t)).collect();
+            ptrs.sort();
+            let n = ptrs.len();
+            ptrs.dedup();
+            assert_eq!(ptrs.len(), n, "{name}: a storage is locked twice");
+            // And the fast decoder still finds its lm_head (the embedding, when tied).
+            let guards = WeightGuards::lock(&m.decoder).unwrap();
+            let fast = FastDecoder::new(&m.decoder, &guards).unwrap();
+            assert_eq!(fast.lm_head.w.len(), fast.embed.len());
+            assert_eq!(std::ptr::eq(fast.lm_head.w, fast.embed), tied, "{name}");
         }
     }
 }

@@ -4,16 +4,22 @@
 //! G samples, decoding batched across every live sequence; reproducible per sample; log-probs
 //! equal to the trainer's. See [`rollout()`].
 
-pub mod attention;
+#![warn(missing_docs)]
+
+// The decode kernels, KV cache and sampler internals are implementation details of
+// `rollout()`: private, so they can change (and take shortcuts on pre-validated input) freely.
+mod attention;
 pub mod error;
-pub mod fast_forward;
-pub mod kernels;
-pub mod kv_cache;
+mod fast_forward;
+mod kernels;
+mod kv_cache;
 pub mod params;
-pub mod rng;
+mod rng;
 pub mod rollout;
-pub mod sampler;
+mod sampler;
+pub mod unstable;
 
 pub use error::{Result, RolloutError};
+pub use fast_forward::StepProfile;
 pub use params::SamplingParams;
 pub use rollout::{rollout, rollout_with_stats, Completion, FinishReason, RolloutStats};

@@ -35,12 +35,15 @@ pub enum FinishReason {
 /// One sampled completion.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
+    /// Which prompt of the request this completes.
     pub prompt_index: usize,
+    /// Which of that prompt's `G` samples this is (its randomness is seeded by it).
     pub sample_index: usize,
     /// Generated ids, including a final EOS id when `finish_reason` is `Eos`.
     pub token_ids: Vec<u32>,
     /// `log softmax(logits / T)` of each generated token, as the trainer computes it.
     pub logprobs: Vec<f32>,
+    /// Why generation stopped.
     pub finish_reason: FinishReason,
     /// Decoded completion without special tokens (cut after the stop string for `Stop`).
     pub text: String,
@@ -78,7 +81,7 @@ fn validate(
     if group_size == 0 {
         return Err(RolloutError::ZeroGroupSize);
     }
-    let (vocab, max) = (d.cfg.vocab_size, d.cfg.max_position_embeddings);
+    let (vocab, max) = (d.config().vocab_size, d.config().max_position_embeddings);
     for (index, pr) in prompts.iter().enumerate() {
         if pr.is_empty() {
             return Err(RolloutError::EmptyPrompt { index });
@@ -104,6 +107,7 @@ pub struct RolloutStats {
     pub prefill_s: f64,
     /// Batched decode steps (model and sampling).
     pub decode_s: f64,
+    /// Number of batched decode steps.
     pub decode_steps: usize,
     /// Sequence-steps actually computed: finished sequences leave the batch, so this is the sum
     /// over completions of (length − 1), the first token coming from the prefill.
@@ -142,8 +146,8 @@ pub fn rollout_with_stats(
     validate(decoder, prompts, group_size, params)?;
     let guards = WeightGuards::lock(decoder)?;
     let model = FastDecoder::new(decoder, &guards)?;
-    let max_ctx = decoder.cfg.max_position_embeddings;
-    let vocab = decoder.cfg.vocab_size;
+    let max_ctx = decoder.config().max_position_embeddings;
+    let vocab = decoder.config().vocab_size;
 
     // 1. Prefill each prompt once, then fan out into its G samples.
     let mut live: Vec<Live> = Vec::with_capacity(prompts.len() * group_size);

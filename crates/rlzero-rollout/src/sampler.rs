@@ -10,15 +10,6 @@
 //! every ratio (TRL issues #4159, #6789). The price is that with heavy truncation the samples
 //! are off-policy for the untruncated policy; keep the filters off (the defaults) for on-policy
 //! GRPO.
-//!
-//! ```
-//! use rlzero_rollout::{sampler::sample, SamplingParams, rng::SampleRng};
-//! let logits = [0.0f32, 5.0, 1.0];
-//! let p = SamplingParams { greedy: true, ..SamplingParams::default() };
-//! let (tok, lp) = sample(&logits, &p, &[], 0, &mut SampleRng::new(0, 0, 0, 0));
-//! assert_eq!(tok, 1);
-//! assert!((lp as f64 - (5.0 - (1f64 + 5f64.exp() + 1f64.exp()).ln())).abs() < 1e-5);
-//! ```
 
 use crate::params::SamplingParams;
 use crate::rng::SampleRng;
@@ -151,6 +142,18 @@ fn nucleus(w: &mut [f64], top_p: f64) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn greedy_reports_the_full_softmax_log_prob() {
+        let logits = [0.0f32, 5.0, 1.0];
+        let p = SamplingParams {
+            greedy: true,
+            ..SamplingParams::default()
+        };
+        let (tok, lp) = super::sample(&logits, &p, &[], 0, &mut SampleRng::new(0, 0, 0, 0));
+        assert_eq!(tok, 1);
+        assert!((lp as f64 - (5.0 - (1f64 + 5f64.exp() + 1f64.exp()).ln())).abs() < 1e-5);
+    }
+
     use super::*;
 
     fn draw_counts(logits: &[f32], p: &SamplingParams, n: usize) -> Vec<usize> {
