@@ -319,6 +319,7 @@ fn passes_over_chunks_give_the_same_update_for_every_loss_type() {
             a.grad_norm,
             b.grad_norm
         );
+        assert_eq!(wa.len(), wb.len());
         let dw = wa
             .iter()
             .zip(&wb)

@@ -169,6 +169,7 @@ fn packed_batch_scores_equal_per_sequence_scores() {
         let s = completion_logprobs(&d, &batch, 0.9, true).unwrap();
         let lp = s.logprobs.to_vec2::<f32>().unwrap();
         let ent = s.entropy.unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(prompts.len(), completions.len());
         for (i, (p, c)) in prompts.iter().zip(&completions).enumerate() {
             let want = common::trainer_logprobs(&d, p, c, 0.9);
             assert_eq!(want.len(), c.len());

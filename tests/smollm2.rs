@@ -186,6 +186,7 @@ fn rollout_logprobs_equal_the_trainable_forward() {
     let mut worst = 0f32;
     for c in &out {
         let want = common::trainer_logprobs(&m.decoder, &ids, &c.token_ids, 1.0);
+        assert_eq!(c.logprobs.len(), want.len());
         for (a, b) in c.logprobs.iter().zip(&want) {
             worst = worst.max((a - b).abs());
         }

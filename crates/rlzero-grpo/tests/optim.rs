@@ -95,6 +95,7 @@ fn adamw_params(case: &Value) -> Result<AdamWParams> {
 
 fn grad_store(vars: &[Var], grads: &[Vec<f64>], dtype: DType) -> Result<GradStore> {
     let mut store = GradStore::default();
+    assert_eq!(vars.len(), grads.len(), "one gradient per variable");
     for (v, g) in vars.iter().zip(grads) {
         store.insert(v.as_tensor(), tensor(g, v.dims(), dtype)?);
     }
@@ -106,7 +107,9 @@ fn grad_store(vars: &[Var], grads: &[Vec<f64>], dtype: DType) -> Result<GradStor
 fn replay(case: &Value, kernel: AdamWKernel) -> Result<(Vec<Var>, AdamW, f64, u32)> {
     let dtype = dtype_of(case)?;
     let shapes = shapes(case)?;
-    let vars = nested(&case["init"])?
+    let init = nested(&case["init"])?;
+    assert_eq!(init.len(), shapes.len(), "one shape per initial tensor");
+    let vars = init
         .iter()
         .zip(&shapes)
         .map(|(d, s)| Ok(Var::from_tensor(&tensor(d, s, dtype)?)?))
@@ -126,10 +129,13 @@ fn replay(case: &Value, kernel: AdamWKernel) -> Result<(Vec<Var>, AdamW, f64, u3
         assert_eq!(lr, num(&step["lr"])?, "{}: lr of step {k}", case["name"]);
         let grads = grad_store(&vars, &nested(&step["grads"])?, dtype)?;
         opt.step(&grads, lr)?;
-        for (var, want) in vars.iter().zip(nested(&step["params"])?) {
+        let want_params = nested(&step["params"])?;
+        assert_eq!(vars.len(), want_params.len(), "parameters of step {k}");
+        for (var, want) in vars.iter().zip(want_params) {
             let got = values(var.as_tensor())?;
             worst_rel = worst_rel.max(max_rel(&got, &want, 1e-30));
             if dtype == DType::F32 {
+                assert_eq!(got.len(), want.len());
                 for (g, w) in got.iter().zip(&want) {
                     worst_ulps = worst_ulps.max(ulps(*g as f32, *w as f32));
                 }
@@ -158,6 +164,7 @@ fn adamw_matches_torch() -> Result<()> {
         let want = case["final_state"]
             .as_array()
             .ok_or_else(|| anyhow!("no state"))?;
+        assert_eq!(state.params.len(), want.len(), "optimizer states");
         for (got, want) in state.params.iter().zip(want) {
             assert_eq!(got.step, num(&want["step"])? as u64);
             let m: Vec<f64> = got.exp_avg.iter().map(|&x| f64::from(x)).collect();
@@ -176,6 +183,7 @@ fn tensor_path_matches_fused_path_bitwise_on_fixture() -> Result<()> {
     for case in fx["adamw"].as_array().ok_or_else(|| anyhow!("no adamw"))? {
         let (fused_vars, fused_opt, ..) = replay(case, AdamWKernel::Auto)?;
         let (tensor_vars, tensor_opt, ..) = replay(case, AdamWKernel::TensorOps)?;
+        assert_eq!(fused_vars.len(), tensor_vars.len());
         for (a, b) in fused_vars.iter().zip(&tensor_vars) {
             assert_eq!(
                 values(a.as_tensor())?,
@@ -242,11 +250,13 @@ fn tensor_path_matches_fused_path_bitwise_large() -> Result<()> {
             opt.step(&store, lr)?;
         }
     }
+    assert_eq!(fa.len(), fb.len());
     for (a, b) in fa.iter().zip(&fb) {
         let (a, b) = (
             a.flatten_all()?.to_vec1::<f32>()?,
             b.flatten_all()?.to_vec1::<f32>()?,
         );
+        assert_eq!(a.len(), b.len());
         let differ = a
             .iter()
             .zip(&b)
@@ -383,7 +393,9 @@ fn clip_grad_norm_matches_torch() -> Result<()> {
         assert_eq!(norm, total);
         let rel = (total - want_total).abs() / want_total;
         let mut worst = 0.0_f64;
-        for (v, want) in vars.iter().zip(nested(&case["grads_after"])?) {
+        let grads_after = nested(&case["grads_after"])?;
+        assert_eq!(vars.len(), grads_after.len(), "gradients after clipping");
+        for (v, want) in vars.iter().zip(grads_after) {
             let got = values(
                 grads
                     .get(v.as_tensor())
