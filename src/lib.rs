@@ -1,6 +1,7 @@
 // README.md is the crate's front page, and its Rust snippets compile as doctests, so what it
 // shows cannot drift from the API.
 #![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 //!
 //! ## Modules
 //!
@@ -10,6 +11,12 @@
 //! * [`rewards`]: verifiable rewards (format, numeric answer, countdown, …), no candle inside.
 //! * [`grpo`]: GRPO and its successors, matching TRL 1.16's math; [`grpo::Trainer::step`].
 //! * [`malloc`]: an opt-in allocator setting for training binaries.
+//! * [`candle_core`], [`candle_nn`]: the tensor library, re-exported (`use rlzero::candle_core::Tensor`).
+
+// The tensor library the API speaks, re-exported so one `rlzero` dependency is enough and its
+// version always matches the one rlzero was built with.
+pub use candle_core;
+pub use candle_nn;
 
 pub use rlzero_grpo as grpo;
 pub use rlzero_model as model;

@@ -19,10 +19,20 @@ pub enum GrpoError {
     Reward(#[from] rlzero_rewards::RewardError),
     /// A configuration value is out of range or inconsistent with another.
     #[error("config field `{field}`: {message}")]
-    Config { field: String, message: String },
+    Config {
+        /// The field's path in the TOML config (`loss.epsilon`, `sampling.temperature`, …).
+        field: String,
+        /// What is wrong and what would be valid.
+        message: String,
+    },
     /// A config file could not be read or parsed.
     #[error("config file {path}: {message}")]
-    ConfigFile { path: String, message: String },
+    ConfigFile {
+        /// The file as given.
+        path: String,
+        /// The I/O or TOML parse error, with its line.
+        message: String,
+    },
     /// The optimizer found no gradient for a parameter that is not marked frozen (candle-nn's
     /// optimizers silently skip such parameters; a silently untrained weight is a bug).
     #[error(

@@ -3,6 +3,8 @@
 //! Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath) and its successors, as
 //! TRL 1.16's `GRPOTrainer` computes them.
 
+#![warn(missing_docs)]
+
 pub mod advantages;
 pub mod config;
 pub mod error;

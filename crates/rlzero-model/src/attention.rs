@@ -14,14 +14,21 @@ use crate::layers::{Linear, RmsNorm};
 use crate::rope;
 use crate::weights::Vb;
 
+/// Causal grouped-query self-attention with rotary positions (`self_attn` in HF checkpoints):
+/// `num_attention_heads` query heads share `num_key_value_heads` key/value heads.
 #[derive(Debug, Clone)]
 pub struct Attention {
+    /// Queries `(heads · head_dim, hidden)`.
     pub q_proj: Linear,
+    /// Keys `(kv_heads · head_dim, hidden)`.
     pub k_proj: Linear,
+    /// Values `(kv_heads · head_dim, hidden)`.
     pub v_proj: Linear,
+    /// Output `(hidden, heads · head_dim)`.
     pub o_proj: Linear,
     /// Qwen3 normalises each head of q and k before the rotation.
     pub q_norm: Option<RmsNorm>,
+    /// Qwen3's per-head key norm (see `q_norm`).
     pub k_norm: Option<RmsNorm>,
     n_heads: usize,
     n_kv: usize,
@@ -29,6 +36,7 @@ pub struct Attention {
 }
 
 impl Attention {
+    /// Reads `q_proj`, `k_proj`, `v_proj`, `o_proj` (and Qwen3's `q_norm`/`k_norm`) under `vb`.
     pub fn new(cfg: &DecoderConfig, vb: Vb<'_>) -> Result<Self> {
         let (h, kv, d) = (
             cfg.num_attention_heads,

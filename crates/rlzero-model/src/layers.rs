@@ -16,7 +16,9 @@ use crate::weights::Vb;
 /// `s · (x Aᵀ) Bᵀ` when a LoRA adapter is attached.
 #[derive(Debug, Clone)]
 pub struct Linear {
+    /// `W`, shape `(out, in)`.
     pub weight: Tensor,
+    /// `b`, shape `(out,)`, when the checkpoint has one.
     pub bias: Option<Tensor>,
     /// A LoRA adapter added to the output ([`crate::lora`]); `None` (the default) for none.
     pub lora: Option<LoraAdapter>,
@@ -69,11 +71,14 @@ impl Linear {
 /// as transformers' `LlamaRMSNorm` does.
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
+    /// The gain `w`, shape `(dim,)`.
     pub weight: Tensor,
+    /// `ε` (`rms_norm_eps`).
     pub eps: f64,
 }
 
 impl RmsNorm {
+    /// Reads `weight` of shape `(dim,)` under `vb`.
     pub fn new(dim: usize, eps: f64, vb: Vb<'_>) -> Result<Self> {
         Ok(Self {
             weight: vb.get(dim, "weight")?,
@@ -98,12 +103,16 @@ impl RmsNorm {
 /// SwiGLU feed-forward (Shazeer 2020): `down(silu(gate(x)) ⊙ up(x))`.
 #[derive(Debug, Clone)]
 pub struct Mlp {
+    /// `(intermediate, hidden)`, through SiLU.
     pub gate_proj: Linear,
+    /// `(intermediate, hidden)`, multiplied with the gate.
     pub up_proj: Linear,
+    /// `(hidden, intermediate)`.
     pub down_proj: Linear,
 }
 
 impl Mlp {
+    /// Reads `gate_proj`, `up_proj` and `down_proj` under `vb`.
     pub fn new(hidden: usize, intermediate: usize, bias: bool, vb: Vb<'_>) -> Result<Self> {
         Ok(Self {
             gate_proj: Linear::new(hidden, intermediate, bias, vb.pp("gate_proj"))?,
@@ -112,6 +121,7 @@ impl Mlp {
         })
     }
 
+    /// `(…, hidden) → (…, hidden)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate = self.gate_proj.forward(x)?.silu()?; // (B, T, I)
         let up = self.up_proj.forward(x)?; // (B, T, I)

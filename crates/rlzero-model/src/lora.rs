@@ -43,12 +43,19 @@ use crate::weights::{WeightMode, Weights};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetModule {
+    /// `self_attn.q_proj`.
     QProj,
+    /// `self_attn.k_proj`.
     KProj,
+    /// `self_attn.v_proj`.
     VProj,
+    /// `self_attn.o_proj`.
     OProj,
+    /// `mlp.gate_proj`.
     GateProj,
+    /// `mlp.up_proj`.
     UpProj,
+    /// `mlp.down_proj`.
     DownProj,
 }
 

@@ -47,6 +47,8 @@
 //! assert_eq!(table.totals(), vec![1.5, 1.0]);
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod countdown;
 pub mod equation;
 pub mod error;
