@@ -69,6 +69,7 @@ pub fn noise(shape: impl Into<Shape>, dtype: DType, seed: u64) -> Tensor {
 }
 
 pub mod hub_server;
+pub mod mutate;
 pub mod tmpdir;
 
 /// Log-probs of `completion` after `prompt` under the trainable forward at temperature `t`:

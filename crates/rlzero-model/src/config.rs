@@ -20,7 +20,7 @@
 //! assert!(!cfg.tie_word_embeddings);
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -120,9 +120,13 @@ impl Fields<'_> {
     pub fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
         match self.get(field) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
-                self.invalid(field, format!("expected a non-negative integer, got {v}"))
-            }),
+            Some(v) => v
+                .as_u64()
+                .and_then(|x| usize::try_from(x).ok())
+                .map(Some)
+                .ok_or_else(|| {
+                    self.invalid(field, format!("expected a non-negative integer, got {v}"))
+                }),
         }
     }
     pub fn usize(&self, field: &str) -> Result<usize> {
@@ -159,22 +163,23 @@ impl Fields<'_> {
                 .ok_or_else(|| self.invalid(field, format!("expected a string, got {v}"))),
         }
     }
-    /// A token id field that may be a single integer or a list (`eos_token_id: [1, 2]`).
-    pub fn token_ids(&self, field: &str) -> Result<Vec<u32>> {
+    /// A token id field that may be a single integer or a list (`eos_token_id: [1, 2]`). Each id
+    /// must fit a `u32` and, when `vocab` is given, be inside the vocabulary.
+    pub fn token_ids(&self, field: &str, vocab: Option<usize>) -> Result<Vec<u32>> {
+        let one = |x: &Value| {
+            let id = x
+                .as_u64()
+                .ok_or_else(|| self.invalid(field, format!("expected a token id, got {x}")))?;
+            crate::validate::token_id(self.file, field, id, vocab)
+        };
         match self.get(field) {
             None => Ok(vec![]),
-            Some(Value::Array(xs)) => xs
-                .iter()
-                .map(|x| {
-                    x.as_u64()
-                        .map(|x| x as u32)
-                        .ok_or_else(|| self.invalid(field, format!("expected token ids, got {x}")))
-                })
-                .collect(),
-            Some(v) => v
-                .as_u64()
-                .map(|x| vec![x as u32])
-                .ok_or_else(|| self.invalid(field, format!("expected a token id, got {v}"))),
+            Some(Value::Array(xs)) if xs.len() > 1024 => Err(self.invalid(
+                field,
+                format!("{} token ids, expected at most 1024", xs.len()),
+            )),
+            Some(Value::Array(xs)) => xs.iter().map(one).collect(),
+            Some(v) => Ok(vec![one(v)?]),
         }
     }
 }
@@ -256,64 +261,20 @@ impl DecoderConfig {
             tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
             attention_bias,
             mlp_bias: f.opt_bool("mlp_bias")?.unwrap_or(false),
-            bos_token_id: f.token_ids("bos_token_id")?.first().copied(),
-            eos_token_ids: f.token_ids("eos_token_id")?,
+            bos_token_id: f.token_ids("bos_token_id", None)?.first().copied(),
+            eos_token_ids: f.token_ids("eos_token_id", None)?,
         };
         cfg.validate(file)?;
         Ok(cfg)
     }
 
-    /// Checks the invariants the decoder relies on; called once by every constructor.
+    /// Checks the invariants the decoder relies on; called once by every constructor: every
+    /// dimension positive and below a cap far above any real model (so no product of them
+    /// overflows and no allocation is sized by a corrupted value), heads dividing evenly, an even
+    /// `head_dim`, finite positive `rms_norm_eps` / `rope_theta` / rope scaling factors, and
+    /// token ids inside the vocabulary.
     pub fn validate(&self, file: &Path) -> Result<()> {
-        let bad = |field: &str, reason: String| ModelError::InvalidField {
-            file: PathBuf::from(file),
-            field: field.to_string(),
-            reason,
-        };
-        for (name, v) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.num_key_value_heads),
-            ("head_dim", self.head_dim),
-        ] {
-            if v == 0 {
-                return Err(bad(name, "must be positive".into()));
-            }
-        }
-        if !self
-            .num_attention_heads
-            .is_multiple_of(self.num_key_value_heads)
-        {
-            return Err(bad(
-                "num_key_value_heads",
-                format!(
-                    "{} does not divide num_attention_heads = {}",
-                    self.num_key_value_heads, self.num_attention_heads
-                ),
-            ));
-        }
-        if !self.head_dim.is_multiple_of(2) {
-            return Err(bad(
-                "head_dim",
-                format!("{} must be even for rotary embeddings", self.head_dim),
-            ));
-        }
-        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
-            return Err(bad(
-                "rms_norm_eps",
-                format!("{} must be positive", self.rms_norm_eps),
-            ));
-        }
-        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
-            return Err(bad(
-                "rope_theta",
-                format!("{} must be positive", self.rope_theta),
-            ));
-        }
-        Ok(())
+        crate::validate::config(self, file)
     }
 
     /// Number of query heads sharing one k/v head.

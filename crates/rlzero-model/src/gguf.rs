@@ -20,6 +20,7 @@ use candle_core::{Device, Tensor};
 
 use crate::config::{Architecture, DecoderConfig, RopeScaling};
 use crate::error::{ModelError, Result};
+use crate::validate::candle_msg;
 
 /// Dequantized tensors under HF names, and llama.cpp's `rope_freqs` divisors if the file has them.
 pub type GgufTensors = (HashMap<String, Tensor>, Option<Vec<f32>>);
@@ -31,22 +32,22 @@ pub struct GgufFile {
 }
 
 impl GgufFile {
-    /// Reads the header; a truncated or malformed file is a [`ModelError::Gguf`].
+    /// Reads the header; a truncated or malformed file is a [`ModelError::Gguf`] (or a
+    /// [`ModelError::InvalidField`] for a bad `general.alignment`). The header is validated by
+    /// [`crate::gguf_scan`] before candle parses it, so every size candle later trusts has been
+    /// bounded by the file's length.
     pub fn open(path: &Path) -> Result<Self> {
+        crate::gguf_scan::scan(path)?;
         let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
-        let content = Content::read(&mut BufReader::new(file)).map_err(|e| {
-            // candle's message names the type id only; find the tensor that carries it.
-            let reason = match crate::gguf_scan::first_unsupported_tensor(path) {
-                Some((tensor, ty)) => {
-                    format!("tensor `{tensor}` has ggml type {ty}, which candle cannot read (unsupported quant type)")
-                }
-                None => e.to_string(),
-            };
-            ModelError::Gguf {
-                file: path.to_path_buf(),
-                reason,
-            }
-        })?;
+        let gguf_err = |reason: String| ModelError::Gguf {
+            file: path.to_path_buf(),
+            reason,
+        };
+        // The scan rules out the inputs candle 0.11 is known to panic on (alignment 0); the
+        // guard keeps any other panic in its reader an error naming the file.
+        let content = crate::validate::contain(|| Content::read(&mut BufReader::new(file)))
+            .map_err(gguf_err)?
+            .map_err(|e| gguf_err(candle_msg(&e)))?;
         Ok(Self {
             path: path.to_path_buf(),
             content,
@@ -76,7 +77,7 @@ impl GgufFile {
         ModelError::InvalidField {
             file: self.path.clone(),
             field: key.to_string(),
-            reason: e.to_string(),
+            reason: candle_msg(&e),
         }
     }
 
@@ -88,7 +89,7 @@ impl GgufFile {
     }
 
     /// An unsigned integer of any GGUF integer width.
-    pub(crate) fn meta_usize(&self, key: &str) -> Result<Option<usize>> {
+    pub(crate) fn meta_u64(&self, key: &str) -> Result<Option<u64>> {
         let Some(v) = self.meta(key) else {
             return Ok(None);
         };
@@ -109,7 +110,28 @@ impl GgufFile {
                 })
             }
         };
-        Ok(Some(n as usize))
+        Ok(Some(n))
+    }
+
+    /// [`GgufFile::meta_u64`] as a `usize` (range-checked, never truncated).
+    pub(crate) fn meta_usize(&self, key: &str) -> Result<Option<usize>> {
+        self.meta_u64(key)?
+            .map(|n| {
+                usize::try_from(n).map_err(|_| ModelError::InvalidField {
+                    file: self.path.clone(),
+                    field: key.to_string(),
+                    reason: format!("{n} does not fit in a usize"),
+                })
+            })
+            .transpose()
+    }
+
+    /// A token id field: must fit a `u32` (the range against the vocabulary is checked by the
+    /// caller, which knows it).
+    pub(crate) fn meta_token_id(&self, key: &str) -> Result<Option<u32>> {
+        self.meta_u64(key)?
+            .map(|n| crate::validate::token_id(&self.path, key, n, None))
+            .transpose()
     }
 
     fn meta_f64(&self, key: &str) -> Result<Option<f64>> {
@@ -150,7 +172,14 @@ impl GgufFile {
                 source_name: self.path.display().to_string(),
                 tensor: "token_embd.weight".into(),
             })?;
-        let vocab_size = embd.shape.dims()[0];
+        let vocab_size = match embd.shape.dims() {
+            [vocab, _] => *vocab,
+            dims => {
+                return Err(self.err(format!(
+                    "tensor `token_embd.weight` has shape {dims:?}, expected (vocab, hidden)"
+                )))
+            }
+        };
         let has = |name: &str| self.content.tensor_infos.contains_key(name);
         let rope_scaling = match self.meta(&format!("{arch}.rope.scaling.type")) {
             Some(_) => match self.meta_str(&format!("{arch}.rope.scaling.type"))? {
@@ -192,21 +221,32 @@ impl GgufFile {
             tie_word_embeddings: !has("output.weight"),
             attention_bias: has("blk.0.attn_q.bias"),
             mlp_bias: has("blk.0.ffn_up.bias"),
-            bos_token_id: self
-                .meta_usize("tokenizer.ggml.bos_token_id")?
-                .map(|x| x as u32),
+            bos_token_id: self.meta_token_id("tokenizer.ggml.bos_token_id")?,
             eos_token_ids: self
-                .meta_usize("tokenizer.ggml.eos_token_id")?
-                .map(|x| vec![x as u32])
-                .unwrap_or_default(),
+                .meta_token_id("tokenizer.ggml.eos_token_id")?
+                .into_iter()
+                .collect(),
         };
-        cfg.validate(&self.path)?;
+        // Name the GGUF key a bad value came from, not the config field it became.
+        cfg.validate(&self.path).map_err(|e| match e {
+            ModelError::InvalidField {
+                file,
+                field,
+                reason,
+            } => ModelError::InvalidField {
+                file,
+                field: gguf_key(&arch, &field),
+                reason,
+            },
+            other => other,
+        })?;
         Ok(cfg)
     }
 
     /// Dequantizes every tensor to f32 under its HF name. llama Q/K rows are un-permuted;
     /// `rope_freqs.weight` (llama3 scaling baked in by llama.cpp) is returned separately as the
-    /// per-frequency divisors it holds.
+    /// per-frequency divisors it holds. Each tensor's shape is checked against its role in `cfg`
+    /// before its data is read.
     pub fn tensors(&self, cfg: &DecoderConfig) -> Result<GgufTensors> {
         let file = File::open(&self.path).map_err(|e| ModelError::io(&self.path, e))?;
         let mut reader = BufReader::new(file);
@@ -215,36 +255,96 @@ impl GgufFile {
         let mut names: Vec<&String> = self.content.tensor_infos.keys().collect();
         names.sort();
         for name in names {
-            let q = self
+            let hf = match name.as_str() {
+                "rope_freqs.weight" => None,
+                _ => Some(hf_name(name).ok_or_else(|| {
+                    self.err(format!(
+                        "unexpected tensor `{name}` for a {:?} model",
+                        cfg.architecture
+                    ))
+                })?),
+            };
+            let expected = match &hf {
+                None => Some(vec![cfg.head_dim / 2]),
+                Some(hf) => crate::validate::expected_shape(cfg, hf),
+            };
+            let got = self
                 .content
-                .tensor(&mut reader, name, &Device::Cpu)
-                .map_err(|e| self.err(format!("tensor `{name}`: {e}")))?;
-            let t = q
-                .dequantize(&Device::Cpu)
-                .map_err(|e| self.err(format!("tensor `{name}` ({:?}): {e}", q.dtype())))?;
-            if name == "rope_freqs.weight" {
+                .tensor_infos
+                .get(name)
+                .map(|i| i.shape.dims().to_vec())
+                .unwrap_or_default();
+            match expected {
+                None => {
+                    return Err(self.err(format!(
+                        "unexpected tensor `{name}` for a {:?} model with {} layers",
+                        cfg.architecture, cfg.num_hidden_layers
+                    )))
+                }
+                Some(expected) if expected != got => {
+                    return Err(ModelError::ShapeMismatch {
+                        source_name: self.path.display().to_string(),
+                        tensor: name.clone(),
+                        expected,
+                        got,
+                    })
+                }
+                Some(_) => {}
+            }
+            // Sizes were bounded by the header scan; the guard keeps any panic left in candle's
+            // tensor reader or dequantizers an error naming the file and tensor.
+            let t = crate::validate::contain(|| -> Result<Tensor> {
+                let q = self
+                    .content
+                    .tensor(&mut reader, name, &Device::Cpu)
+                    .map_err(|e| self.err(format!("tensor `{name}`: {}", candle_msg(&e))))?;
+                q.dequantize(&Device::Cpu).map_err(|e| {
+                    self.err(format!(
+                        "tensor `{name}` ({:?}): {}",
+                        q.dtype(),
+                        candle_msg(&e)
+                    ))
+                })
+            })
+            .map_err(|e| self.err(format!("tensor `{name}`: {e}")))??;
+            let Some(hf) = hf else {
                 rope_freqs = Some(t.flatten_all()?.to_vec1::<f32>()?);
                 continue;
-            }
-            let Some(hf) = hf_name(name) else {
-                return Err(self.err(format!(
-                    "unexpected tensor `{name}` for a {:?} model",
-                    cfg.architecture
-                )));
             };
             let t = match (cfg.architecture, hf.rsplit('.').nth(1)) {
                 (Architecture::Llama, Some("q_proj")) => {
-                    unpermute_rows(&t, cfg.num_attention_heads)?
+                    unpermute_rows(&t, cfg.num_attention_heads)
                 }
                 (Architecture::Llama, Some("k_proj")) => {
-                    unpermute_rows(&t, cfg.num_key_value_heads)?
+                    unpermute_rows(&t, cfg.num_key_value_heads)
                 }
-                _ => t,
-            };
+                _ => Ok(t),
+            }
+            .map_err(|e| self.err(format!("tensor `{name}`: {e}")))?;
             out.insert(hf, t);
         }
         Ok((out, rope_freqs))
     }
+}
+
+/// The GGUF metadata key (or tensor) a [`DecoderConfig`] field is read from.
+fn gguf_key(arch: &str, field: &str) -> String {
+    let key = match field {
+        "vocab_size" => return "token_embd.weight".into(),
+        "bos_token_id" | "eos_token_id" => return format!("tokenizer.ggml.{field}"),
+        "hidden_size" => "embedding_length",
+        "intermediate_size" => "feed_forward_length",
+        "num_hidden_layers" => "block_count",
+        "num_attention_heads" => "attention.head_count",
+        "num_key_value_heads" => "attention.head_count_kv",
+        "head_dim" => "attention.key_length",
+        "rms_norm_eps" => "attention.layer_norm_rms_epsilon",
+        "rope_theta" => "rope.freq_base",
+        "max_position_embeddings" => "context_length",
+        "rope_scaling.factor" => "rope.scaling.factor",
+        other => return other.to_string(),
+    };
+    format!("{arch}.{key}")
 }
 
 /// HF's name for a llama.cpp tensor name, `None` for names this decoder has no slot for.
@@ -281,9 +381,11 @@ pub fn hf_name(gguf: &str) -> Option<String> {
 /// `(h, r, j)`.
 pub fn unpermute_rows(t: &Tensor, n_heads: usize) -> Result<Tensor> {
     let dims = t.dims().to_vec();
-    let rows = dims[0];
-    let rest: usize = dims[1..].iter().product();
-    if n_heads == 0 || !rows.is_multiple_of(2 * n_heads) {
+    let (rows, rest) = match dims.split_first() {
+        Some((rows, rest)) => (*rows, rest.iter().product::<usize>()),
+        None => (0, 1),
+    };
+    if n_heads == 0 || rows == 0 || !rows.is_multiple_of(2 * n_heads) {
         return Err(ModelError::InvalidInput(format!(
             "cannot un-permute {rows} rows over {n_heads} heads"
         )));
@@ -301,9 +403,11 @@ pub fn unpermute_rows(t: &Tensor, n_heads: usize) -> Result<Tensor> {
 /// files and by anyone exporting to GGUF.
 pub fn permute_rows(t: &Tensor, n_heads: usize) -> Result<Tensor> {
     let dims = t.dims().to_vec();
-    let rows = dims[0];
-    let rest: usize = dims[1..].iter().product();
-    if n_heads == 0 || !rows.is_multiple_of(2 * n_heads) {
+    let (rows, rest) = match dims.split_first() {
+        Some((rows, rest)) => (*rows, rest.iter().product::<usize>()),
+        None => (0, 1),
+    };
+    if n_heads == 0 || rows == 0 || !rows.is_multiple_of(2 * n_heads) {
         return Err(ModelError::InvalidInput(format!(
             "cannot permute {rows} rows over {n_heads} heads"
         )));

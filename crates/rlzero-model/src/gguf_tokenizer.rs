@@ -80,12 +80,12 @@ fn strings<'a>(file: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
         reason,
     };
     v.to_vec()
-        .map_err(|e| bad(e.to_string()))?
+        .map_err(|e| bad(crate::validate::candle_msg(&e)))?
         .iter()
         .map(|x| {
             x.to_string()
                 .map(|s| s.as_str())
-                .map_err(|e| bad(e.to_string()))
+                .map_err(|e| bad(crate::validate::candle_msg(&e)))
         })
         .collect()
 }
@@ -101,7 +101,7 @@ fn token_types(file: &GgufFile, n: usize) -> Result<Vec<i64>> {
         reason,
     };
     v.to_vec()
-        .map_err(|e| bad(e.to_string()))?
+        .map_err(|e| bad(crate::validate::candle_msg(&e)))?
         .iter()
         .map(|x| match x {
             Value::I32(t) => Ok(*t as i64),
@@ -125,6 +125,17 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<TextTokenizer> {
         });
     }
     let tokens = strings(file, "tokenizer.ggml.tokens")?;
+    if tokens.is_empty() || tokens.len() > crate::validate::MAX_VOCAB {
+        return Err(ModelError::InvalidField {
+            file: file.path.clone(),
+            field: "tokenizer.ggml.tokens".into(),
+            reason: format!(
+                "{} tokens, expected 1 to {}",
+                tokens.len(),
+                crate::validate::MAX_VOCAB
+            ),
+        });
+    }
     let merges = strings(file, "tokenizer.ggml.merges")?;
     let types = token_types(file, tokens.len())?;
     if types.len() != tokens.len() {
@@ -163,7 +174,12 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<TextTokenizer> {
             );
         }
     }
-    let id_of = |key: &str| -> Result<Option<u32>> { Ok(file.meta_usize(key)?.map(|x| x as u32)) };
+    // Special-token ids must name a token of this vocabulary (and fit a u32).
+    let id_of = |key: &str| -> Result<Option<u32>> {
+        file.meta_u64(key)?
+            .map(|n| crate::validate::token_id(&file.path, key, n, Some(tokens.len())))
+            .transpose()
+    };
     let token_at = |id: Option<u32>| {
         id.and_then(|i| tokens.get(i as usize))
             .map(|s| s.to_string())
@@ -195,13 +211,21 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<TextTokenizer> {
             "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges},
     });
     let source_name = format!("{} (tokenizer metadata)", file.path.display());
+    let tok_err = |reason: String| ModelError::Tokenizer {
+        source_name: source_name.clone(),
+        reason,
+    };
+    // The JSON is ours, but its vocabulary and merges come from the file: keep any panic in
+    // `tokenizers`' deserializers an error naming it.
     let inner: tokenizers::Tokenizer =
-        serde_json::from_value(tokenizer_json).map_err(|e| ModelError::Tokenizer {
-            source_name: source_name.clone(),
-            reason: e.to_string(),
-        })?;
+        crate::validate::contain(|| serde_json::from_value(tokenizer_json))
+            .map_err(tok_err)?
+            .map_err(|e| tok_err(e.to_string()))?;
     let template = match file.meta("tokenizer.chat_template") {
-        Some(_) => Some(file.meta_str("tokenizer.chat_template")?.to_string()),
+        Some(_) => Some((
+            file.meta_str("tokenizer.chat_template")?.to_string(),
+            format!("{} (tokenizer.chat_template)", file.path.display()),
+        )),
         None => None,
     };
     TextTokenizer::from_parts(

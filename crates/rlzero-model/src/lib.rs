@@ -29,6 +29,7 @@ pub mod rope;
 pub mod safetensors_io;
 pub mod tokenizer;
 pub mod weights;
+mod validate;
 
 pub use chat_template::{ChatTemplate, Message};
 pub use config::{Architecture, DecoderConfig, RopeScaling};

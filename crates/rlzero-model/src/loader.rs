@@ -107,17 +107,40 @@ impl GenerationConfig {
                 file: path,
                 obj: &json,
             };
-            let eos = f.token_ids("eos_token_id")?;
+            if !json.is_object() {
+                return Err(ModelError::InvalidField {
+                    file: path.to_path_buf(),
+                    field: "<root>".into(),
+                    reason: "expected a JSON object".into(),
+                });
+            }
+            let vocab = Some(cfg.vocab_size);
+            let eos = f.token_ids("eos_token_id", vocab)?;
             if !eos.is_empty() {
                 g.eos_token_ids = eos;
             }
-            if let Some(b) = f.token_ids("bos_token_id")?.first() {
+            if let Some(b) = f.token_ids("bos_token_id", vocab)?.first() {
                 g.bos_token_id = Some(*b);
             }
-            g.pad_token_id = f.token_ids("pad_token_id")?.first().copied();
+            g.pad_token_id = f.token_ids("pad_token_id", vocab)?.first().copied();
             g.temperature = f.opt_f64("temperature")?;
             g.top_p = f.opt_f64("top_p")?;
             g.top_k = f.opt_usize("top_k")?;
+            // serde_json only yields finite numbers; the ranges are what a sampler can use.
+            if let Some(t) = g.temperature.filter(|t| *t < 0.0) {
+                return Err(ModelError::InvalidField {
+                    file: path.to_path_buf(),
+                    field: "temperature".into(),
+                    reason: format!("{t} must not be negative"),
+                });
+            }
+            if let Some(p) = g.top_p.filter(|p| !(0.0..=1.0).contains(p)) {
+                return Err(ModelError::InvalidField {
+                    file: path.to_path_buf(),
+                    field: "top_p".into(),
+                    reason: format!("{p} must be in [0, 1]"),
+                });
+            }
         }
         Ok(g)
     }
@@ -219,14 +242,9 @@ fn gguf_decoder(file: &GgufFile, opts: &LoadOptions) -> Result<Decoder> {
     let mut config = file.config()?;
     let (tensors, rope_freqs) = file.tensors(&config)?;
     if let Some(divisors) = rope_freqs {
-        if divisors.len() != config.head_dim / 2 {
-            return Err(file.err(format!(
-                "rope_freqs.weight has {} entries, expected head_dim/2 = {}",
-                divisors.len(),
-                config.head_dim / 2
-            )));
-        }
         config.rope_scaling = RopeScaling::Divisors(divisors);
+        // Entry count and finite positive divisors.
+        config.validate(&file.path)?;
     }
     let weights = Weights::new(
         file.path.display().to_string(),

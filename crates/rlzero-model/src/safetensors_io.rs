@@ -33,7 +33,7 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
             .load(&Device::Cpu)
             .map_err(|e| ModelError::Safetensors {
                 file: path.to_path_buf(),
-                reason: format!("tensor `{name}`: {e}"),
+                reason: format!("tensor `{name}`: {}", crate::validate::candle_msg(&e)),
             })?;
         out.insert(name, t);
     }

@@ -47,7 +47,8 @@ fn token_string(v: Option<&Value>) -> Option<String> {
 impl TextTokenizer {
     pub(crate) fn from_parts(
         inner: tokenizers::Tokenizer,
-        chat_template_src: Option<String>,
+        // The template's source text and the file it came from (named in its errors).
+        chat_template_src: Option<(String, String)>,
         bos_token: Option<String>,
         eos_token: Option<String>,
         eos_token_ids: Vec<u32>,
@@ -55,14 +56,7 @@ impl TextTokenizer {
         source_name: String,
     ) -> Result<Self> {
         let chat_template = chat_template_src
-            .map(|src| {
-                ChatTemplate::new(
-                    &src,
-                    bos_token.clone(),
-                    eos_token.clone(),
-                    source_name.clone(),
-                )
-            })
+            .map(|(src, from)| ChatTemplate::new(&src, bos_token.clone(), eos_token.clone(), from))
             .transpose()?;
         Ok(Self {
             inner,
@@ -84,11 +78,23 @@ impl TextTokenizer {
         eos_token_ids: Vec<u32>,
     ) -> Result<Self> {
         let bytes = read_file(tokenizer_json)?;
-        let inner =
-            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| ModelError::Tokenizer {
-                source_name: tokenizer_json.display().to_string(),
-                reason: e.to_string(),
-            })?;
+        let tok_err = |reason: String| ModelError::Tokenizer {
+            source_name: tokenizer_json.display().to_string(),
+            reason,
+        };
+        // Parse and check the JSON ourselves first: `tokenizers` 0.23 `.expect()`s a malformed
+        // `decoder` (decoders/mod.rs, "Helper") and a bad `precompiled_charsmap`
+        // (normalizers/mod.rs, "Precompiled"), and sizes a Vec by the charsmap's trie header.
+        let json: Value = serde_json::from_slice(&bytes).map_err(|source| ModelError::Json {
+            path: tokenizer_json.to_path_buf(),
+            source,
+        })?;
+        crate::validate::tokenizer_json(&json, tokenizer_json)?;
+        drop(json);
+        // Any panic left in its deserializers is contained here and named by file.
+        let inner = crate::validate::contain(|| tokenizers::Tokenizer::from_bytes(&bytes))
+            .map_err(tok_err)?
+            .map_err(|e| tok_err(e.to_string()))?;
         let cfg = match tokenizer_config {
             Some(p) => read_json(p)?,
             None => Value::Null,
@@ -96,36 +102,40 @@ impl TextTokenizer {
         let bos_token = token_string(cfg.get("bos_token"));
         let eos_token = token_string(cfg.get("eos_token"));
         let pad_token = token_string(cfg.get("pad_token"));
+        let config_name = tokenizer_config
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         // chat_template.jinja (transformers ≥ 4.43 saves it separately) wins over the config field.
-        let template =
-            match chat_template_file {
-                Some(p) => Some(String::from_utf8(read_file(p)?).map_err(|e| {
-                    ModelError::ChatTemplate {
-                        source_name: p.display().to_string(),
-                        reason: format!("not UTF-8: {e}"),
-                    }
-                })?),
-                None => match cfg.get("chat_template") {
-                    None | Some(Value::Null) => None,
-                    Some(Value::String(s)) => Some(s.clone()),
-                    // A list of named templates: take "default".
-                    Some(Value::Array(xs)) => xs
-                        .iter()
-                        .find(|x| x.get("name").and_then(|n| n.as_str()) == Some("default"))
-                        .and_then(|x| x.get("template"))
-                        .and_then(|t| t.as_str())
-                        .map(str::to_string),
-                    Some(other) => {
-                        return Err(ModelError::InvalidField {
-                            file: tokenizer_config.map(Path::to_path_buf).unwrap_or_default(),
-                            field: "chat_template".into(),
-                            reason: format!(
-                                "expected a string or a list of named templates, got {other}"
-                            ),
-                        })
-                    }
-                },
-            };
+        let template = match chat_template_file {
+            Some(p) => Some((
+                String::from_utf8(read_file(p)?).map_err(|e| ModelError::ChatTemplate {
+                    source_name: p.display().to_string(),
+                    reason: format!("not UTF-8: {e}"),
+                })?,
+                p.display().to_string(),
+            )),
+            None => match cfg.get("chat_template") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some((s.clone(), config_name.clone())),
+                // A list of named templates: take "default".
+                Some(Value::Array(xs)) => xs
+                    .iter()
+                    .find(|x| x.get("name").and_then(|n| n.as_str()) == Some("default"))
+                    .and_then(|x| x.get("template"))
+                    .and_then(|t| t.as_str())
+                    .map(str::to_string)
+                    .map(|t| (t, config_name.clone())),
+                Some(other) => {
+                    return Err(ModelError::InvalidField {
+                        file: tokenizer_config.map(Path::to_path_buf).unwrap_or_default(),
+                        field: "chat_template".into(),
+                        reason: format!(
+                            "expected a string or a list of named templates, got {other}"
+                        ),
+                    })
+                }
+            },
+        };
         let mut eos_token_ids = eos_token_ids;
         if eos_token_ids.is_empty() {
             if let Some(id) = eos_token.as_deref().and_then(|t| inner.token_to_id(t)) {
@@ -146,25 +156,31 @@ impl TextTokenizer {
     }
 
     /// Token ids of `text`; `add_special_tokens` applies the post-processor (e.g. a BOS).
+    ///
+    /// A panic inside `tokenizers` is returned as [`ModelError::Tokenizer`]: a corrupted
+    /// `Precompiled` normalizer's trie is only walked here, and `spm_precompiled` indexes it
+    /// without bounds checks.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc =
-            self.inner
-                .encode(text, add_special_tokens)
-                .map_err(|e| ModelError::Tokenizer {
-                    source_name: self.source_name.clone(),
-                    reason: e.to_string(),
-                })?;
+        let enc = crate::validate::contain(|| self.inner.encode(text, add_special_tokens))
+            .map_err(|e| self.err(e))?
+            .map_err(|e| self.err(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
-    /// Text of `ids`; `skip_special_tokens` drops control tokens such as `<|im_end|>`.
+    /// Text of `ids`; `skip_special_tokens` drops control tokens such as `<|im_end|>`. A panic
+    /// inside `tokenizers`' decoders (which slice strings built from the vocabulary) is returned
+    /// as [`ModelError::Tokenizer`].
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| ModelError::Tokenizer {
-                source_name: self.source_name.clone(),
-                reason: e.to_string(),
-            })
+        crate::validate::contain(|| self.inner.decode(ids, skip_special_tokens))
+            .map_err(|e| self.err(e))?
+            .map_err(|e| self.err(e.to_string()))
+    }
+
+    fn err(&self, reason: String) -> ModelError {
+        ModelError::Tokenizer {
+            source_name: self.source_name.clone(),
+            reason,
+        }
     }
 
     /// The id of a single token string, if it is in the vocabulary.
