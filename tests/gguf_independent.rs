@@ -59,8 +59,18 @@ fn q8_0_file_from_the_gguf_package_dequantizes_within_the_format_error() {
         } else {
             // Q8_0 rounds each block of 32 to multiples of max|w_block| / 127: half a step at
             // most (plus the f16 scale's rounding), so max|w| / 127 bounds every element.
-            let bound = w.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() / 127.0;
-            assert!(err > 0.0 && err <= bound, "{n}: error {err} vs bound {bound}");
+            let bound = w
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                / 127.0;
+            assert!(
+                err > 0.0 && err <= bound,
+                "{n}: error {err} vs bound {bound}"
+            );
         }
     }
 }

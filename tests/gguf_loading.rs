@@ -181,7 +181,11 @@ fn f32_gguf_matches_the_safetensors_model_for_every_architecture() {
         write_gguf(&path, &cfg, st.named_parameters(), GgmlDType::F32, extra);
         let g = load_gguf_decoder(&path, &frozen()).unwrap();
         assert_eq!(g.config().architecture, cfg.architecture);
-        assert_eq!(g.config().tie_word_embeddings, cfg.tie_word_embeddings, "{name}");
+        assert_eq!(
+            g.config().tie_word_embeddings,
+            cfg.tie_word_embeddings,
+            "{name}"
+        );
         assert_eq!(g.config().attention_bias, cfg.attention_bias, "{name}");
         let r = reference(name);
         let a = st

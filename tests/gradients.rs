@@ -47,7 +47,11 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
         let expected =
             1 + cfg.num_hidden_layers * per_layer + 1 + usize::from(!cfg.tie_word_embeddings);
         assert_eq!(vars.len(), expected, "{name}: parameter count");
-        assert_eq!(m.named_parameters().len(), vars.len(), "{name}: names per variable");
+        assert_eq!(
+            m.named_parameters().len(),
+            vars.len(),
+            "{name}: names per variable"
+        );
         for ((pname, _), v) in m.named_parameters().iter().zip(&vars) {
             let g = grads
                 .get(v.as_tensor())
@@ -109,7 +113,10 @@ fn to_dtype_always_copies_even_to_the_same_dtype() {
         if mode == WeightMode::Trainable {
             let v = &c.vars().unwrap()[0];
             v.set(&v.as_tensor().affine(1.0, 0.5).unwrap()).unwrap();
-            assert_eq!(common::max_abs_diff(&t.named_parameters()[0].1, &before), 0.0);
+            assert_eq!(
+                common::max_abs_diff(&t.named_parameters()[0].1, &before),
+                0.0
+            );
         }
     }
 }
@@ -150,7 +157,11 @@ fn autograd_matches_finite_differences_in_f64() {
         let h = 1e-3;
         let mut worst = 0.0f64;
         let mut checked = 0usize;
-        assert_eq!(m.named_parameters().len(), vars.len(), "{name}: names per variable");
+        assert_eq!(
+            m.named_parameters().len(),
+            vars.len(),
+            "{name}: names per variable"
+        );
         for (ti, ((pname, _), v)) in m.named_parameters().iter().zip(&vars).enumerate() {
             let g = grads
                 .get(v.as_tensor())
@@ -176,7 +187,8 @@ fn autograd_matches_finite_differences_in_f64() {
                 };
                 // Fourth-order central stencil: truncation O(h⁴), so the per-coordinate bound
                 // below is not eaten by the third derivative the way (f(h) − f(−h)) / 2h is.
-                let fd = (8.0 * (eval(h) - eval(-h)) - (eval(2.0 * h) - eval(-2.0 * h))) / (12.0 * h);
+                let fd =
+                    (8.0 * (eval(h) - eval(-h)) - (eval(2.0 * h) - eval(-2.0 * h))) / (12.0 * h);
                 v.set(&Tensor::from_vec(orig.clone(), v.as_tensor().dims(), v.device()).unwrap())
                     .unwrap();
                 // Per coordinate: relative to this coordinate's own gradient, with an absolute

@@ -256,7 +256,10 @@ fn bad_requests_are_typed_errors() {
 fn the_fast_path_refuses_what_it_cannot_run() {
     // f64 weights: the fast path reads f32 slices, so it must say so rather than reinterpret.
     let m = tiny("tiny-llama");
-    let f64_decoder = m.decoder.to_dtype(candle_core::DType::F64, WeightMode::Frozen).unwrap();
+    let f64_decoder = m
+        .decoder
+        .to_dtype(candle_core::DType::F64, WeightMode::Frozen)
+        .unwrap();
     let p = SamplingParams {
         max_new_tokens: 2,
         ..SamplingParams::default()

@@ -20,23 +20,29 @@ use crate::error::{ModelError, Result};
 /// One chat turn.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Message {
+    /// Who speaks: `system`, `user`, `assistant` (or any role the template knows).
     pub role: String,
+    /// The turn's text.
     pub content: String,
 }
 
 impl Message {
+    /// A turn with any role.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
         Self {
             role: role.into(),
             content: content.into(),
         }
     }
+    /// A `system` turn.
     pub fn system(content: impl Into<String>) -> Self {
         Self::new("system", content)
     }
+    /// A `user` turn.
     pub fn user(content: impl Into<String>) -> Self {
         Self::new("user", content)
     }
+    /// An `assistant` turn.
     pub fn assistant(content: impl Into<String>) -> Self {
         Self::new("assistant", content)
     }
@@ -48,6 +54,8 @@ pub struct ChatTemplate {
     bos_token: Option<String>,
     eos_token: Option<String>,
     source_name: String,
+    /// The Jinja source, kept for export (`tokenizer_config.json`'s `chat_template`).
+    source: String,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -91,7 +99,13 @@ impl ChatTemplate {
             bos_token,
             eos_token,
             source_name,
+            source: source.to_string(),
         })
+    }
+
+    /// The template's Jinja source, as given to [`ChatTemplate::new`].
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Renders `messages`; `add_generation_prompt` appends the assistant header.

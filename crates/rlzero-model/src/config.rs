@@ -60,13 +60,23 @@ pub enum RopeScaling {
     /// Llama 3.1's piecewise rescaling (transformers `_compute_llama3_parameters`): long
     /// wavelengths are divided by `factor`, short ones kept, the band between interpolated.
     Llama3 {
+        /// Divisor of the long wavelengths (`factor`, required).
         factor: f64,
+        /// Wavelengths above `original_max_position_embeddings / low_freq_factor` are divided
+        /// by `factor` (`low_freq_factor`, default 1).
         low_freq_factor: f64,
+        /// Wavelengths below `original_max_position_embeddings / high_freq_factor` are kept
+        /// (`high_freq_factor`, default 4).
         high_freq_factor: f64,
+        /// Context length the model was pre-trained with (`original_max_position_embeddings`,
+        /// default 8192).
         original_max_position_embeddings: f64,
     },
     /// Position interpolation: every frequency divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        /// Divisor of every rotary frequency (`factor`, required).
+        factor: f64,
+    },
     /// Per-frequency divisors, as llama.cpp bakes llama3 scaling into `rope_freqs.weight`.
     Divisors(Vec<f32>),
 }
@@ -74,21 +84,30 @@ pub enum RopeScaling {
 /// Everything the decoder needs to know about a checkpoint's shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecoderConfig {
+    /// The decoder family (`model_type`).
     pub architecture: Architecture,
+    /// Rows of the embedding and of `lm_head` (`vocab_size`).
     pub vocab_size: usize,
+    /// Width of the residual stream (`hidden_size`).
     pub hidden_size: usize,
+    /// Width of the MLP's gate/up projections (`intermediate_size`).
     pub intermediate_size: usize,
+    /// Number of decoder layers (`num_hidden_layers`).
     pub num_hidden_layers: usize,
+    /// Number of query heads (`num_attention_heads`).
     pub num_attention_heads: usize,
     /// Grouped-query attention: each k/v head serves `num_attention_heads / num_key_value_heads`
     /// query heads. Defaults to `num_attention_heads` (plain multi-head attention).
     pub num_key_value_heads: usize,
     /// Defaults to `hidden_size / num_attention_heads`; Qwen3 sets it explicitly.
     pub head_dim: usize,
+    /// ε of every RMSNorm (`rms_norm_eps`, default 1e-6).
     pub rms_norm_eps: f64,
     /// Defaults to 10000 (the Llama-1 value transformers uses when absent).
     pub rope_theta: f64,
+    /// Long-context rescaling of the rotary frequencies (`rope_scaling`, default none).
     pub rope_scaling: RopeScaling,
+    /// Longest sequence the checkpoint was trained for (`max_position_embeddings`, default 2048).
     pub max_position_embeddings: usize,
     /// Whether `lm_head` reuses `embed_tokens`. Default false, as in transformers.
     pub tie_word_embeddings: bool,
@@ -96,7 +115,9 @@ pub struct DecoderConfig {
     pub attention_bias: bool,
     /// Bias on the MLP projections (Llama `mlp_bias`, default false).
     pub mlp_bias: bool,
+    /// Beginning-of-sequence token id (`bos_token_id`; the first if a list).
     pub bos_token_id: Option<u32>,
+    /// End-of-sequence token ids (`eos_token_id`, an integer or a list; empty if absent).
     pub eos_token_ids: Vec<u32>,
 }
 

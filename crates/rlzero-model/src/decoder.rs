@@ -90,6 +90,8 @@ pub struct Decoder {
     /// Every weight the forward uses, by checkpoint name, each once (tied embeddings once).
     pub(crate) params: Vec<(String, Tensor)>,
     pub(crate) mode: WeightMode,
+    /// The settings the attached LoRA adapters were made with (for PEFT's adapter_config.json).
+    pub(crate) lora_cfg: Option<crate::lora::LoraConfig>,
 }
 
 impl Decoder {
@@ -122,6 +124,7 @@ impl Decoder {
             rotary: Rotary::new(cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling),
             params: weights.used(),
             mode,
+            lora_cfg: None,
         })
     }
 

@@ -27,15 +27,17 @@ pub type GgufTensors = (HashMap<String, Tensor>, Option<Vec<f32>>);
 
 /// An opened GGUF file: its metadata and tensor directory (tensor data is read on demand).
 pub struct GgufFile {
+    /// Where the file was opened from (named in every error).
     pub path: PathBuf,
+    /// candle's parsed header: metadata and tensor infos.
     pub content: Content,
 }
 
 impl GgufFile {
     /// Reads the header; a truncated or malformed file is a [`ModelError::Gguf`] (or a
     /// [`ModelError::InvalidField`] for a bad `general.alignment`). The header is validated by
-    /// [`crate::gguf_scan`] before candle parses it, so every size candle later trusts has been
-    /// bounded by the file's length.
+    /// this crate's own scanner (`gguf_scan`) before candle parses it, so every size candle later
+    /// trusts has been bounded by the file's length.
     pub fn open(path: &Path) -> Result<Self> {
         crate::gguf_scan::scan(path)?;
         let file = File::open(path).map_err(|e| ModelError::io(path, e))?;

@@ -21,8 +21,11 @@ use crate::error::{ModelError, Result};
 /// Where and how to reach the Hub.
 #[derive(Debug, Clone)]
 pub struct HubOptions {
+    /// Hub base URL (`HF_ENDPOINT`, default `https://huggingface.co`).
     pub endpoint: String,
+    /// The hub cache directory (`HF_HUB_CACHE`, default `$HF_HOME/hub`).
     pub cache_dir: PathBuf,
+    /// Access token for gated/private repos (`HF_TOKEN`, else `$HF_HOME/token`).
     pub token: Option<String>,
     /// Read the cache only; a file that is not cached is an error, not a download.
     pub offline: bool,
@@ -70,12 +73,15 @@ impl HubOptions {
 
 /// One model repo at one revision.
 pub struct HubRepo {
+    /// `org/name`.
     pub repo_id: String,
+    /// Branch, tag or commit hash.
     pub revision: String,
     opts: HubOptions,
 }
 
 impl HubRepo {
+    /// `repo_id` at `revision`, reached with `opts`; touches neither the cache nor the network.
     pub fn new(repo_id: impl Into<String>, revision: impl Into<String>, opts: HubOptions) -> Self {
         Self {
             repo_id: repo_id.into(),

@@ -9,11 +9,15 @@
 //! explicit attention mask, returns logits only for the positions asked for, and every op in it
 //! has a gradient.
 
+#![warn(missing_docs)]
+
+pub mod atomic;
 pub mod attention;
 pub mod chat_template;
 pub mod config;
 pub mod decoder;
 pub mod error;
+pub mod export;
 pub mod frozen_linear;
 pub mod gguf;
 mod gguf_scan;
@@ -28,8 +32,8 @@ pub mod pack;
 pub mod rope;
 pub mod safetensors_io;
 pub mod tokenizer;
-pub mod weights;
 mod validate;
+pub mod weights;
 
 pub use chat_template::{ChatTemplate, Message};
 pub use config::{Architecture, DecoderConfig, RopeScaling};

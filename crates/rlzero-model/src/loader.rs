@@ -25,7 +25,12 @@ use crate::weights::{WeightMode, Weights};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
     /// `org/name` at a revision (branch, tag or commit), through the Hub cache.
-    Hub { repo_id: String, revision: String },
+    Hub {
+        /// `org/name`.
+        repo_id: String,
+        /// Branch, tag or commit hash (`main` when the spec has no `@revision`).
+        revision: String,
+    },
     /// A directory holding `config.json`, `tokenizer.json` and safetensors weights.
     Dir(PathBuf),
     /// A llama.cpp GGUF file (weights, config and tokenizer in one).
@@ -86,10 +91,15 @@ impl Default for LoadOptions {
 pub struct GenerationConfig {
     /// Ids that end a completion; generation_config's list wins over config.json's.
     pub eos_token_ids: Vec<u32>,
+    /// Beginning-of-sequence id (`bos_token_id`), else config.json's.
     pub bos_token_id: Option<u32>,
+    /// Padding id (`pad_token_id`; for GGUF, the tokenizer's), if any.
     pub pad_token_id: Option<u32>,
+    /// Suggested sampling temperature (`temperature`, never negative), if given.
     pub temperature: Option<f64>,
+    /// Suggested nucleus-sampling mass (`top_p`, in [0, 1]), if given.
     pub top_p: Option<f64>,
+    /// Suggested top-k cutoff (`top_k`), if given.
     pub top_k: Option<usize>,
 }
 
@@ -148,9 +158,13 @@ impl GenerationConfig {
 
 /// A loaded checkpoint: configuration, decoder, tokenizer and generation defaults.
 pub struct LoadedModel {
+    /// The checkpoint's shape (from `config.json` or GGUF metadata).
     pub config: DecoderConfig,
+    /// The model, with weights as [`LoadOptions`] asked.
     pub decoder: Decoder,
+    /// Tokenizer, chat template and special tokens.
     pub tokenizer: TextTokenizer,
+    /// Generation defaults (end-of-sequence ids, sampling hints).
     pub generation: GenerationConfig,
 }
 

@@ -381,7 +381,48 @@ impl Decoder {
                 }
             }
         }
+        self.lora_cfg = Some(cfg.clone());
         Ok(())
+    }
+
+    /// How many forwards each adapter's dropout stream has served, in [`Decoder::named_trainable`]
+    /// order (one per adapter): with the seed, the position of every dropout mask stream. A
+    /// checkpoint saves it so a resumed run draws the masks it would have drawn. Empty without
+    /// adapters.
+    pub fn lora_dropout_calls(&self) -> Vec<u64> {
+        self.adapters()
+            .map(|ad| ad.dropout_calls.load(std::sync::atomic::Ordering::SeqCst))
+            .collect()
+    }
+
+    /// Restores [`Decoder::lora_dropout_calls`]; errors if the count of adapters differs.
+    pub fn set_lora_dropout_calls(&self, calls: &[u64]) -> Result<()> {
+        let adapters: Vec<&LoraAdapter> = self.adapters().collect();
+        if adapters.len() != calls.len() {
+            return Err(ModelError::Lora(format!(
+                "{} dropout positions for {} adapters",
+                calls.len(),
+                adapters.len()
+            )));
+        }
+        for (ad, c) in adapters.into_iter().zip(calls) {
+            ad.dropout_calls
+                .store(*c, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn adapters(&self) -> impl Iterator<Item = &LoraAdapter> + '_ {
+        self.layers.iter().flat_map(|layer| {
+            targets(layer)
+                .into_iter()
+                .filter_map(|(_, lin)| lin.lora.as_ref())
+        })
+    }
+
+    /// The settings of the attached adapters ([`Decoder::add_lora`]'s `cfg`); `None` without.
+    pub fn lora_config(&self) -> Option<&LoraConfig> {
+        self.lora_cfg.as_ref().filter(|_| self.has_adapters())
     }
 
     /// Whether any linear map carries a LoRA adapter.

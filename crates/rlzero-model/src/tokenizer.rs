@@ -16,8 +16,14 @@ pub struct TextTokenizer {
     chat_template: Option<ChatTemplate>,
     /// Token ids that end a completion (from `generation_config.json`, else the config/GGUF).
     pub eos_token_ids: Vec<u32>,
+    /// Text of the beginning-of-sequence token (`tokenizer_config.json`'s `bos_token`, or the
+    /// GGUF's `tokenizer.ggml.bos_token_id`), if any.
     pub bos_token: Option<String>,
+    /// Text of the end-of-sequence token (`tokenizer_config.json`'s `eos_token`, or the GGUF's
+    /// `tokenizer.ggml.eos_token_id`), if any.
     pub eos_token: Option<String>,
+    /// Id of the padding token (`tokenizer_config.json`'s `pad_token`, or the GGUF's
+    /// `tokenizer.ggml.padding_token_id`), if any.
     pub pad_token_id: Option<u32>,
     source_name: String,
 }
@@ -217,5 +223,40 @@ impl TextTokenizer {
     /// The underlying `tokenizers::Tokenizer`.
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
+    }
+
+    /// `tokenizer.json` as the `tokenizers` library serialises it (what Python's
+    /// `tokenizer.save()` writes), for export.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(true)
+            .map_err(|e| self.err(format!("serialising tokenizer.json: {e}")))
+    }
+
+    /// `tokenizer_config.json` for export: special tokens, the chat template, and the fast
+    /// tokenizer class transformers' `AutoTokenizer` instantiates for a `tokenizer.json`.
+    pub fn tokenizer_config_json(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        if let Some(b) = &self.bos_token {
+            m.insert("bos_token".into(), Value::String(b.clone()));
+        }
+        if let Some(e) = &self.eos_token {
+            m.insert("eos_token".into(), Value::String(e.clone()));
+        }
+        if let Some(p) = self.pad_token_id.and_then(|id| self.inner.id_to_token(id)) {
+            m.insert("pad_token".into(), Value::String(p));
+        }
+        if let Some(t) = &self.chat_template {
+            m.insert(
+                "chat_template".into(),
+                Value::String(t.source().to_string()),
+            );
+        }
+        m.insert("clean_up_tokenization_spaces".into(), Value::Bool(false));
+        m.insert(
+            "tokenizer_class".into(),
+            Value::String("PreTrainedTokenizerFast".into()),
+        );
+        Value::Object(m)
     }
 }

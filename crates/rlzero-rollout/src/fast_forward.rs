@@ -18,7 +18,7 @@ use crate::error::{Result, RolloutError};
 use crate::kernels::{linear, linear_many, Matrix};
 use crate::kv_cache::KvCache;
 
-/// Seconds spent in each part of [`FastDecoder::step`], accumulated over calls.
+/// Seconds spent in each part of the batched decode steps, accumulated over a rollout.
 #[derive(Debug, Clone, Default)]
 pub struct StepProfile {
     /// q/k/v/o and MLP projections.

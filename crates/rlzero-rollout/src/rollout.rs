@@ -6,8 +6,11 @@
 //!    (EOS, stop string, length) leaves the batch, so it stops costing compute.
 //! 3. Each sample draws from its own random stream seeded by (seed, step, prompt, sample), so the
 //!    same request gives the same completions whatever the batch size or thread count.
-//! 4. Each token comes with its log-prob under `softmax(logits / T)`, the distribution the
-//!    trainer's forward computes (see [`crate::sampler`] for why truncation is not applied).
+//! 4. Each token comes with its log-prob under `softmax(logits / T)` over the full vocabulary,
+//!    the distribution the trainer's forward computes, not the top-k / top-p / min-p truncated
+//!    one the token was drawn from: that keeps the first-iteration importance ratio exactly 1,
+//!    as in TRL (issues #4159, #6789); with heavy truncation the samples are off-policy, so
+//!    keep the filters off for on-policy GRPO (details in `sampler.rs`).
 
 use std::time::Instant;
 

@@ -21,14 +21,15 @@ pub fn linear(
     o: usize,
     bias: Option<&[f32]>,
 ) -> Result<Vec<f32>> {
-    let check = |name: &'static str, len: usize, rows: usize, cols: usize| match rows.checked_mul(cols) {
-        Some(n) if n == len && n > 0 => Ok(()),
-        _ => Err(RolloutError::InvalidParam {
-            name,
-            value: format!("{len} values"),
-            reason: "does not match the given shape (or the shape is empty)",
-        }),
-    };
+    let check =
+        |name: &'static str, len: usize, rows: usize, cols: usize| match rows.checked_mul(cols) {
+            Some(n) if n == len && n > 0 => Ok(()),
+            _ => Err(RolloutError::InvalidParam {
+                name,
+                value: format!("{len} values"),
+                reason: "does not match the given shape (or the shape is empty)",
+            }),
+        };
     check("x", x.len(), m, k)?;
     check("w", w.len(), o, k)?;
     if let Some(b) = bias {
