@@ -68,6 +68,7 @@ pub fn noise(shape: impl Into<Shape>, dtype: DType, seed: u64) -> Tensor {
         .expect("noise tensor")
 }
 
+pub mod grpo_tiny;
 pub mod hub_server;
 pub mod mutate;
 pub mod tmpdir;

@@ -45,6 +45,26 @@ pub enum GrpoError {
         /// The parameter's shape.
         shape: Vec<usize>,
     },
+    /// A checkpoint file is missing, truncated, corrupted, foreign or from a newer rlzero.
+    #[error("checkpoint {file}: {reason}")]
+    Checkpoint {
+        /// The file (or directory) at fault.
+        file: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Resuming with a config that changes the run (any field but `max_steps`).
+    #[error(
+        "resuming {checkpoint} with a different config: {} differ{}; pass force to resume anyway",
+        fields.join(", "),
+        if fields.len() == 1 { "s" } else { "" }
+    )]
+    ConfigChanged {
+        /// The checkpoint directory.
+        checkpoint: std::path::PathBuf,
+        /// Config fields whose values differ (`loss.beta`, `sampling.temperature`, …).
+        fields: Vec<String>,
+    },
     /// A caller passed inputs of the wrong shape or content.
     #[error("invalid input: {0}")]
     InvalidInput(String),

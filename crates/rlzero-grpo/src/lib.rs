@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod advantages;
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod generation;

@@ -50,17 +50,19 @@ struct MicroBatch {
 
 /// GRPO training state: policy, optional reference, optimizer, rewards, step count.
 pub struct Trainer {
-    cfg: GrpoConfig,
-    policy: Decoder,
+    pub(crate) cfg: GrpoConfig,
+    pub(crate) policy: Decoder,
     reference: Option<Decoder>,
     tokenizer: TextTokenizer,
     eos_token_ids: Vec<u32>,
     rewards: RewardSet,
-    optimizer: AdamW,
+    pub(crate) optimizer: AdamW,
     /// Optimizer steps taken.
-    step: u64,
+    pub(crate) step: u64,
     /// Generation batches sampled (every `step()` call, skipped or not): the rollout seed.
-    batches: u64,
+    pub(crate) batches: u64,
+    /// Prompts taken from the prompt streams given to `step()` (the data-order position).
+    pub(crate) prompts_drawn: u64,
 }
 
 impl Trainer {
@@ -104,6 +106,7 @@ impl Trainer {
             optimizer,
             step: 0,
             batches: 0,
+            prompts_drawn: 0,
         })
     }
 
@@ -132,6 +135,12 @@ impl Trainer {
         self.batches
     }
 
+    /// Prompts drawn from the streams given to [`Trainer::step`] so far: a resumed run skips
+    /// this many to continue the same data order.
+    pub fn prompts_drawn(&self) -> u64 {
+        self.prompts_drawn
+    }
+
     /// The optimizer (its state is what a checkpoint saves).
     pub fn optimizer(&self) -> &AdamW {
         &self.optimizer
@@ -153,21 +162,26 @@ impl Trainer {
             None
         };
         let params = cfg.sampling_params(self.eos_token_ids.clone());
-        let generated = generate(
-            &GenerateArgs {
-                model: merged.as_ref().unwrap_or(&self.policy),
-                tokenizer: &self.tokenizer,
-                rewards: &self.rewards,
-                params: &params,
-                prompts_per_step: cfg.prompts_per_step,
-                num_generations: g,
-                dynamic_sampling: cfg.dynamic_sampling,
-                max_extra_rounds: cfg.dynamic_sampling_max_rounds,
-                batch_index: self.batches,
-            },
-            prompts,
-        )?;
+        let mut drawn = 0u64;
+        let generated = {
+            let mut counted = prompts.inspect(|_| drawn += 1);
+            generate(
+                &GenerateArgs {
+                    model: merged.as_ref().unwrap_or(&self.policy),
+                    tokenizer: &self.tokenizer,
+                    rewards: &self.rewards,
+                    params: &params,
+                    prompts_per_step: cfg.prompts_per_step,
+                    num_generations: g,
+                    dynamic_sampling: cfg.dynamic_sampling,
+                    max_extra_rounds: cfg.dynamic_sampling_max_rounds,
+                    batch_index: self.batches,
+                },
+                &mut counted,
+            )?
+        };
         self.batches += 1;
+        self.prompts_drawn += drawn;
         drop(merged);
         times.rewards = generated.reward_seconds;
         times.rollout = t.elapsed().as_secs_f64() - times.rewards;
