@@ -10,6 +10,7 @@
 //! * [`rollout`]: batched sampling with a KV cache whose log-probs are the trainer's.
 //! * [`rewards`]: verifiable rewards (format, numeric answer, countdown, …), no candle inside.
 //! * [`grpo`]: GRPO and its successors, matching TRL 1.16's math; [`grpo::Trainer::step`].
+//! * [`run`]: run folders (config, metrics/completions/eval JSONL), SVG curves, HTML report.
 //! * [`malloc`]: an opt-in allocator setting for training binaries.
 //! * [`candle_core`], [`candle_nn`]: the tensor library, re-exported (`use rlzero::candle_core::Tensor`).
 
@@ -22,5 +23,6 @@ pub use rlzero_grpo as grpo;
 pub use rlzero_model as model;
 pub use rlzero_rewards as rewards;
 pub use rlzero_rollout as rollout;
+pub use rlzero_run as run;
 
 pub mod malloc;

@@ -112,7 +112,6 @@ impl StepMetrics {
                 serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number),
             );
         };
-        put("step", self.step as f64);
         put("reward", self.reward);
         put("reward_std", self.reward_std);
         for r in &self.rewards {
@@ -158,6 +157,8 @@ impl StepMetrics {
         put("time/backward", self.phases.backward);
         put("time/optimizer", self.phases.optimizer);
         m.insert("skipped".into(), Value::Bool(self.skipped));
+        // An integer, as TRL's `global_step`, so readers need not round.
+        m.insert("step".into(), Value::from(self.step));
         if let Some(r) = &self.skip_reason {
             m.insert("skip_reason".into(), Value::String(r.clone()));
         }
