@@ -20,10 +20,13 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod eval;
 pub mod plots;
 pub mod report;
 pub mod run_dir;
 pub mod svg;
+pub mod tasks;
 
 pub use error::{Result, RunError};
+pub use eval::{evaluate, EvalOptions, EvalResult};
 pub use run_dir::{read_jsonl, RunDir};

@@ -138,9 +138,9 @@ pub fn write_report(run: &Path, title: &str, extra_html: &str) -> Result<PathBuf
         }
         h.push_str("</table>");
     }
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<h2>Config</h2><pre>{}</pre></body></html>\n",
+        "<h2>Config</h2><pre>{}</pre></body></html>",
         escape(&config)
     );
     let path = run.join("report.html");

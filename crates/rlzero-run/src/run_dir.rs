@@ -213,8 +213,11 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Map<String, Value>>> {
 /// A log line's `step` (an integer; older logs wrote it as a float).
 pub fn step_of(m: &Map<String, Value>) -> Option<u64> {
     let v = m.get("step")?;
-    v.as_u64()
-        .or_else(|| v.as_f64().filter(|x| *x >= 0.0 && x.fract() == 0.0).map(|x| x as u64))
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|x| *x >= 0.0 && x.fract() == 0.0)
+            .map(|x| x as u64)
+    })
 }
 
 /// Rewrites `path` without the lines of steps after `step` (and without a torn last line).

@@ -1,0 +1,153 @@
+//! What the train / eval / sample examples share: the model and task flags, prompts and
+//! rewards for a task, and the held-out evaluation's settings.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use rlzero::grpo::TrainPrompt;
+use rlzero::model::{load, LoadOptions, LoadedModel, ModelSource, TextTokenizer, WeightMode};
+use rlzero::rewards::{Countdown, FormatReward, NumericAnswer, Reference, RewardSet};
+use rlzero::run::tasks::{Example, Task};
+use serde::{Deserialize, Serialize};
+
+/// The default model: fetched by `./scripts/fetch-models.sh`.
+pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Which task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+pub enum TaskKind {
+    /// `a + b` with `--digits`-digit operands, generated from the seed.
+    Addition,
+    /// TinyZero's Countdown with `--countdown-numbers` numbers, generated from the seed.
+    Countdown,
+    /// GSM8K from `--data` (a JSONL with `question` and `answer`).
+    Gsm8k,
+    /// Any JSONL from `--data` with `--prompt-key` / `--answer-key` fields.
+    Jsonl,
+}
+
+/// Model and task flags.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct TaskArgs {
+    /// The model: a Hugging Face repo id (`org/name[@revision]`, through the same cache as
+    /// Python), a local directory with config.json + safetensors, or a .gguf file.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// The task.
+    #[arg(long, value_enum, default_value = "addition")]
+    pub task: TaskKind,
+    /// The JSONL file of `gsm8k` and `jsonl` tasks (e.g. ../shared/data/gsm8k/train.jsonl).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Digits per operand of `addition` (difficulty).
+    #[arg(long, default_value_t = 1)]
+    pub digits: u32,
+    /// Numbers per `countdown` puzzle (difficulty).
+    #[arg(long, default_value_t = 3)]
+    pub countdown_numbers: usize,
+    /// Question field of a `jsonl` task.
+    #[arg(long, default_value = "prompt")]
+    pub prompt_key: String,
+    /// Answer field of a `jsonl` task.
+    #[arg(long, default_value = "answer")]
+    pub answer_key: String,
+    /// Training questions drawn.
+    #[arg(long, default_value_t = 2000)]
+    pub train_size: usize,
+    /// Held-out questions (never trained on; split by a hash of the question text).
+    #[arg(long, default_value_t = 40)]
+    pub eval_size: usize,
+    /// Seed of the task generator (procedural tasks).
+    #[arg(long, default_value_t = 0)]
+    pub task_seed: u64,
+    /// Weight of a reward for the `<think>…</think><answer>…</answer>` format (0: off; the
+    /// answer verifier alone then decides, reading the last <answer>, `####`, \boxed{} or
+    /// the last number).
+    #[arg(long, default_value_t = 0.0)]
+    pub format_weight: f64,
+}
+
+impl TaskArgs {
+    /// The task these flags describe.
+    pub fn task(&self) -> Result<Task> {
+        let data = || {
+            self.data
+                .clone()
+                .context("this task reads a JSONL file: pass --data PATH")
+        };
+        Ok(match self.task {
+            TaskKind::Addition => Task::Addition {
+                digits: self.digits,
+            },
+            TaskKind::Countdown => Task::Countdown {
+                numbers: self.countdown_numbers,
+            },
+            TaskKind::Gsm8k => Task::Gsm8k { path: data()? },
+            TaskKind::Jsonl => Task::Jsonl {
+                path: data()?,
+                prompt_key: self.prompt_key.clone(),
+                answer_key: self.answer_key.clone(),
+            },
+        })
+    }
+
+    /// The model, trainable or frozen.
+    pub fn load_model(&self, mode: WeightMode) -> Result<LoadedModel> {
+        let opts = LoadOptions {
+            mode,
+            ..LoadOptions::default()
+        };
+        load(&ModelSource::parse(&self.model), &opts)
+            .with_context(|| format!("loading the model {}", self.model))
+    }
+
+    /// Train and held-out prompts, through the model's chat template.
+    pub fn prompts(&self, tok: &TextTokenizer) -> Result<(Vec<TrainPrompt>, Vec<TrainPrompt>)> {
+        let task = self.task()?;
+        let (train, eval) = task.examples(self.task_seed, self.train_size, self.eval_size)?;
+        anyhow::ensure!(!train.is_empty(), "the task gave no training questions");
+        let build = |xs: Vec<Example>| -> Result<Vec<TrainPrompt>> {
+            xs.into_iter()
+                .map(|e| {
+                    let user = format!("{}\n{}", e.question, task.instruction());
+                    Ok(TrainPrompt::chat(tok, &user, e.reference)?)
+                })
+                .collect()
+        };
+        Ok((build(train)?, build(eval)?))
+    }
+
+    /// The task's verifier (weight 1), plus the format reward when `--format-weight` > 0.
+    pub fn rewards(&self) -> RewardSet {
+        let set = match self.task {
+            TaskKind::Countdown => RewardSet::new().with(Countdown::default(), 1.0),
+            _ => RewardSet::new().with(NumericAnswer::default(), 1.0),
+        };
+        if self.format_weight > 0.0 {
+            set.with(FormatReward::default(), self.format_weight)
+        } else {
+            set
+        }
+    }
+}
+
+/// Shortens `s` to one line of at most `n` characters for tables.
+pub fn one_line(s: &str, n: usize) -> String {
+    let flat: String = s.chars().map(|c| if c == '\n' { '⏎' } else { c }).collect();
+    if flat.chars().count() > n {
+        flat.chars().take(n - 1).collect::<String>() + "…"
+    } else {
+        flat
+    }
+}
+
+/// The question part of a templated prompt's reference, for tables.
+pub fn reference_text(r: &Reference) -> String {
+    match r {
+        Reference::None => "–".into(),
+        Reference::Answer(a) => one_line(a.rsplit("####").next().unwrap_or(a).trim(), 12),
+        Reference::Countdown { target, .. } => target.to_string(),
+    }
+}
