@@ -38,7 +38,9 @@ use serde_json::{json, Map, Value};
 
 /// GRPO training on a task with verifiable rewards.
 #[derive(Debug, Clone, Parser, Serialize, Deserialize)]
-#[command(about = "GRPO training on a task with verifiable rewards, into a run folder (metrics, plots, report, checkpoints, final model)")]
+#[command(
+    about = "GRPO training on a task with verifiable rewards, into a run folder (metrics, plots, report, checkpoints, final model)"
+)]
 struct Args {
     #[command(flatten)]
     task: TaskArgs,
@@ -87,7 +89,8 @@ struct Args {
     /// Checkpoint every N optimizer steps (0: only at the end).
     #[arg(long, default_value_t = 10)]
     save_every: u64,
-    /// Checkpoints kept (the newest).
+    /// Checkpoints kept (the newest); `checkpoints/best` (best held-out greedy accuracy, with
+    /// --eval-every) is kept besides.
     #[arg(long, default_value_t = 2)]
     keep_last: usize,
     /// Evaluate on the held-out questions every N steps (0: before and after only).
@@ -309,6 +312,12 @@ fn main() -> Result<()> {
             let e = run_eval(&trainer, &held_out, &a, &eos)?;
             bar.println(format!("step {}: held-out {}", m.step, describe(&e)));
             run.log_eval(m.step, &Value::Object(e.to_json()))?;
+            if ckpt.save_if_best(&trainer, e.greedy_accuracy, true)? {
+                bar.println(format!(
+                    "step {}: new best held-out accuracy, saved to checkpoints/best",
+                    m.step
+                ));
+            }
         }
         ckpt.maybe_save(&trainer, Value::Null)?;
     }

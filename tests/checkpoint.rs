@@ -416,6 +416,24 @@ fn keep_last_prunes_old_checkpoints_and_latest_ignores_unfinished_ones() {
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, ["checkpoint-00000004", "checkpoint-00000006"]);
+    // The best-by-metric checkpoint is replaced only by a better value, and is not pruned.
+    assert!(policy.save_if_best(&t, 0.5, true).unwrap());
+    assert!(!policy.save_if_best(&t, 0.4, true).unwrap());
+    assert!(!policy.save_if_best(&t, f64::NAN, true).unwrap());
+    t.step(&mut ps).unwrap();
+    assert!(policy.save_if_best(&t, 0.6, true).unwrap());
+    let (b, info) = Trainer::resume(
+        config(),
+        tiny(),
+        low_words(),
+        &root.path().join("best"),
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        (b.step_count(), info.user["best_metric"].as_f64()),
+        (8, Some(0.6))
+    );
     // A save interrupted before its rename leaves only a temporary directory.
     std::fs::create_dir_all(root.path().join("checkpoint-00000008.tmp-1")).unwrap();
     assert_eq!(

@@ -409,4 +409,38 @@ impl CheckpointPolicy {
         }
         Ok(Some(dir))
     }
+
+    /// Keeps `root/best` as the checkpoint with the best held-out `metric` so far (higher is
+    /// better when `higher_is_better`): saves `trainer` there when `metric` beats the one in
+    /// `root/best/trainer_state.json`'s `user.best_metric`, or when there is none yet. Returns
+    /// whether it saved. The previous best is replaced only once the new one is complete.
+    pub fn save_if_best(
+        &self,
+        trainer: &Trainer,
+        metric: f64,
+        higher_is_better: bool,
+    ) -> Result<bool> {
+        if !metric.is_finite() {
+            return Ok(false);
+        }
+        let dir = self.root.join("best");
+        let prev = if dir.join(STATE_FILE).is_file() {
+            read_state(&dir)?
+                .user
+                .get("best_metric")
+                .and_then(Value::as_f64)
+        } else {
+            None
+        };
+        let better = match prev {
+            None => true,
+            Some(p) if higher_is_better => metric > p,
+            Some(p) => metric < p,
+        };
+        if better {
+            let user = serde_json::json!({"best_metric": metric, "step": trainer.step_count()});
+            trainer.save_checkpoint(&dir, user)?;
+        }
+        Ok(better)
+    }
 }
