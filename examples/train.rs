@@ -32,6 +32,7 @@ use rlzero::grpo::{GrpoConfig, LossType, TrainPrompt, Trainer};
 use rlzero::model::export::{save_pretrained, ExportOptions};
 use rlzero::model::lora::LoraConfig;
 use rlzero::model::WeightMode;
+use rlzero::run::ledger::{Ledger, LedgerOptions, R1Reference};
 use rlzero::run::{evaluate, EvalOptions, EvalResult, RunDir};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -102,6 +103,13 @@ struct Args {
     /// Skip exporting the trained model to `<run>/final`.
     #[arg(long)]
     no_export: bool,
+    /// US$ per device-hour for the run's cost estimate (default: a 2-vCPU cloud VM, an
+    /// assumption; see `rlzero::run::ledger`).
+    #[arg(long, default_value_t = 0.10)]
+    usd_per_hour: f64,
+    /// What the run ran on, for the ledger.
+    #[arg(long, default_value = "2-vCPU CPU machine")]
+    device: String,
 }
 
 /// The resolved GRPO config: file or defaults, then the flags.
@@ -376,11 +384,33 @@ fn finish(
             }
         }
     }
+    // The compute ledger, beside DeepSeek-R1's figures.
+    let opts = LedgerOptions {
+        params: trainer
+            .policy()
+            .named_parameters()
+            .iter()
+            .map(|(_, t)| t.elem_count() as u64)
+            .sum(),
+        lora: trainer.config().lora.is_some(),
+        devices: 1.0,
+        usd_per_device_hour: a.usd_per_hour,
+        device: a.device.clone(),
+        num_generations: trainer.config().num_generations,
+    };
+    let lines = rlzero::run::read_jsonl(&run.path().join("metrics.jsonl"))?;
+    let ledger = Ledger::from_metrics(&lines, &opts);
+    let r1 = R1Reference::default();
+    println!("\n== compute and cost\n{}", ledger.summary(&opts, &r1));
+    rlzero::model::atomic::write_atomic(
+        &run.path().join("ledger.json"),
+        serde_json::to_string_pretty(&ledger.to_json(&opts, &r1))?.as_bytes(),
+    )?;
     rlzero::run::plots::write_plots(run.path())?;
     let report = rlzero::run::report::write_report(
         run.path(),
         &format!("rlzero run: {}", run.path().display()),
-        "",
+        &ledger.html(&opts, &r1),
     )?;
     if !a.no_export {
         let out = run.path().join("final");

@@ -51,6 +51,8 @@ pub(crate) struct Generation {
     /// `(N, K)` per-function rewards, NaN = abstained.
     pub rewards: Vec<Vec<f64>>,
     pub completions_sampled: usize,
+    /// Completion tokens over every sampled completion.
+    pub tokens_sampled: usize,
     pub reward_panics: usize,
     /// Seconds spent in the reward functions (the rest of `generate` is sampling).
     pub reward_seconds: f64,
@@ -87,6 +89,7 @@ pub(crate) fn generate(
         completions: Vec::new(),
         rewards: Vec::new(),
         completions_sampled: 0,
+        tokens_sampled: 0,
         reward_panics: 0,
         reward_seconds: 0.0,
     };
@@ -108,6 +111,7 @@ pub(crate) fn generate(
         let seed_step = a.batch_index * ROUND_STRIDE + round as u64;
         let completions = rollout(a.model, a.tokenizer, &ids, g, a.params, seed_step)?;
         out.completions_sampled += completions.len();
+        out.tokens_sampled += completions.iter().map(|c| c.token_ids.len()).sum::<usize>();
         let inputs: Vec<RewardInput<'_>> = completions
             .iter()
             .map(|c| {

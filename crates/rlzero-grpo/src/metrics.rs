@@ -92,6 +92,11 @@ pub struct StepMetrics {
     pub trained_completions: usize,
     /// Completion tokens trained on (`num_tokens` counts prompt tokens too in TRL).
     pub completion_tokens: usize,
+    /// Prompt tokens of the sequences trained on (each prompt counted once per completion, as
+    /// the forward and backward passes see it).
+    pub prompt_tokens: usize,
+    /// Completion tokens sampled this step (all dynamic-sampling rounds, trained or not).
+    pub sampled_tokens: usize,
     /// Reward calls that panicked (scored 0).
     pub reward_panics: usize,
     /// Whole step seconds (`step_time`).
@@ -150,6 +155,8 @@ impl StepMetrics {
         put("sampled_completions", self.sampled_completions as f64);
         put("trained_completions", self.trained_completions as f64);
         put("completion_tokens", self.completion_tokens as f64);
+        put("prompt_tokens", self.prompt_tokens as f64);
+        put("sampled_tokens", self.sampled_tokens as f64);
         put("reward_panics", self.reward_panics as f64);
         put("time/rollout", self.phases.rollout);
         put("time/rewards", self.phases.rewards);

@@ -187,6 +187,7 @@ impl Trainer {
         times.rollout = t.elapsed().as_secs_f64() - times.rewards;
         let mut m = StepMetrics {
             sampled_completions: generated.completions_sampled,
+            sampled_tokens: generated.tokens_sampled,
             reward_panics: generated.reward_panics,
             ..StepMetrics::default()
         };
@@ -225,6 +226,7 @@ impl Trainer {
             .map(|mb| Ok(mb.loss_mask.sum_all()?.to_scalar::<f32>()? as f64))
             .sum::<Result<f64>>()?;
         m.completion_tokens = num_items as usize;
+        m.prompt_tokens = generated.prompts.iter().map(|p| p.ids.len() * g).sum();
         times.forward += t.elapsed().as_secs_f64();
 
         // 5. μ optimizer steps on this generation batch.

@@ -31,6 +31,46 @@ fn series(name: &str, points: Vec<(f64, f64)>) -> Series {
     }
 }
 
+/// R1-Zero's signature curves from `completions.jsonl`: completion length (mean with a
+/// p10–p90 band) and the share of completions with a reflection phrase
+/// ([`crate::ledger::REFLECTION_PHRASES`]), each marked where it first rises.
+pub fn r1_charts(completions: &[Map<String, Value>]) -> Vec<(String, Chart)> {
+    use crate::ledger::{first_rise, r1_curves, REFLECTION_PHRASES};
+    let c = r1_curves(completions, &REFLECTION_PHRASES);
+    let length: Vec<(f64, f64)> = c.iter().map(|r| (r.0 as f64, r.1)).collect();
+    let refl: Vec<(f64, f64)> = c.iter().map(|r| (r.0 as f64, r.4)).collect();
+    let rise = |xs: &[(f64, f64)], gain: f64, what: &str| {
+        let pts: Vec<(u64, f64)> = xs.iter().map(|p| (p.0 as u64, p.1)).collect();
+        first_rise(&pts, gain).map(|s| (s as f64, format!("{what} rises at step {s}")))
+    };
+    vec![
+        (
+            "r1_length".to_string(),
+            Chart {
+                title: "completion length in tokens (mean, p10–p90 band)".into(),
+                x_label: "optimizer step".into(),
+                marker: rise(&length, 2.0, "length"),
+                series: vec![Series {
+                    name: "mean length".into(),
+                    points: length,
+                    band: c.iter().map(|r| (r.0 as f64, r.2, r.3)).collect(),
+                }],
+            },
+        ),
+        (
+            "r1_reflection".to_string(),
+            Chart {
+                title:
+                    "share of completions with a reflection phrase (\"wait\", \"let me check\", …)"
+                        .into(),
+                x_label: "optimizer step".into(),
+                marker: rise(&refl, 0.02, "reflection"),
+                series: vec![series("reflection rate", refl)],
+            },
+        ),
+    ]
+}
+
 /// The charts for a run's `metrics.jsonl` and `eval.jsonl` lines, by file stem.
 pub fn charts(
     metrics: &[Map<String, Value>],
@@ -132,13 +172,17 @@ pub fn charts(
 pub fn write_plots(run: &Path) -> Result<Vec<PathBuf>> {
     let metrics = read_jsonl(&run.join("metrics.jsonl"))?;
     let evals = read_jsonl(&run.join("eval.jsonl"))?;
+    let completions = read_jsonl(&run.join("completions.jsonl"))?;
     let dir = run.join("plots");
     std::fs::create_dir_all(&dir).map_err(|e| crate::error::RunError::Io {
         path: dir.clone(),
         source: e,
     })?;
     let mut files = Vec::new();
-    for (name, c) in charts(&metrics, &evals) {
+    for (name, c) in charts(&metrics, &evals)
+        .into_iter()
+        .chain(r1_charts(&completions))
+    {
         let p = dir.join(format!("{name}.svg"));
         write_atomic(&p, c.to_svg().as_bytes())?;
         files.push(p);

@@ -8,7 +8,7 @@ use rlzero_model::atomic::write_atomic;
 use serde_json::{Map, Value};
 
 use crate::error::Result;
-use crate::plots::charts;
+use crate::plots::{charts, r1_charts};
 use crate::run_dir::read_jsonl;
 use crate::svg::escape;
 
@@ -99,6 +99,15 @@ pub fn write_report(run: &Path, title: &str, extra_html: &str) -> Result<PathBuf
     }
     h.push_str("<h2>Curves</h2><div class=\"charts\">");
     for (_, c) in charts(&metrics, &evals) {
+        h.push_str(&c.to_svg());
+    }
+    h.push_str(
+        "</div><h2>R1-Zero's signature curves</h2><p>DeepSeek-R1-Zero's completions grew \
+         longer as RL went on and began to re-check themselves (\"wait\", \"let me check\"); \
+         the dashed line marks the step where a curve first rises, if it does.</p>\
+         <div class=\"charts\">",
+    );
+    for (_, c) in r1_charts(&completions) {
         h.push_str(&c.to_svg());
     }
     h.push_str("</div>");
