@@ -10,40 +10,13 @@ use std::path::Path;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
+use common::mutate::gguf::gguf_name;
 use common::{max_abs_diff, reference, tiny_decoder};
 use rlzero::model::gguf::{permute_rows, GgufFile};
 use rlzero::model::{
     load_gguf_decoder, Architecture, DecoderConfig, LoadOptions, LogitsToKeep, ModelError,
     WeightMode,
 };
-
-/// llama.cpp's name for an HF tensor name.
-fn gguf_name(hf: &str) -> String {
-    match hf {
-        "model.embed_tokens.weight" => return "token_embd.weight".into(),
-        "model.norm.weight" => return "output_norm.weight".into(),
-        "lm_head.weight" => return "output.weight".into(),
-        _ => {}
-    }
-    let rest = hf.strip_prefix("model.layers.").unwrap();
-    let (layer, rest) = rest.split_once('.').unwrap();
-    let (module, param) = rest.rsplit_once('.').unwrap();
-    let m = match module {
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "self_attn.q_norm" => "attn_q_norm",
-        "self_attn.k_norm" => "attn_k_norm",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        other => panic!("unmapped {other}"),
-    };
-    format!("blk.{layer}.{m}.{param}")
-}
 
 /// llama.cpp's `rope_freqs` for llama3 scaling: the divisor of each base frequency.
 fn llama3_rope_freqs(

@@ -5,21 +5,11 @@
 mod common;
 
 use candle_core::quantized::gguf_file::{self, Value};
+use common::mutate::gguf::byte_char;
 use common::tmpdir::TempDir;
 use rlzero::model::gguf::GgufFile;
 use rlzero::model::gguf_tokenizer::tokenizer_from_gguf;
 use rlzero::model::{ModelError, TextTokenizer};
-
-/// GPT-2's byte → character table, so token `i < 256` is byte `i`.
-fn byte_char(b: u8) -> char {
-    let printable =
-        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
-    if printable(b as u32) {
-        return char::from_u32(b as u32).unwrap();
-    }
-    let n = (0..b as u32).filter(|&x| !printable(x)).count() as u32;
-    char::from_u32(256 + n).unwrap()
-}
 
 /// 256 byte tokens, "12" (256), "123" (257), control `<|im_end|>` (258).
 fn write(dir: &TempDir, pre: &str, model: &str) -> std::path::PathBuf {

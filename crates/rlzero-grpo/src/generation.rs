@@ -112,22 +112,7 @@ pub(crate) fn generate(
         let completions = rollout(a.model, a.tokenizer, &ids, g, a.params, seed_step)?;
         out.completions_sampled += completions.len();
         out.tokens_sampled += completions.iter().map(|c| c.token_ids.len()).sum::<usize>();
-        let inputs: Vec<RewardInput<'_>> = completions
-            .iter()
-            .map(|c| {
-                let p = &batch[c.prompt_index];
-                RewardInput {
-                    prompt_index: c.prompt_index,
-                    sample_index: c.sample_index,
-                    prompt: &p.text,
-                    completion: &c.text,
-                    reference: &p.reference,
-                    completion_tokens: c.token_ids.len(),
-                    max_completion_tokens: a.params.max_new_tokens,
-                    truncated: c.finish_reason == FinishReason::Length,
-                }
-            })
-            .collect();
+        let inputs = reward_inputs(&batch, &completions, a.params.max_new_tokens);
         let t = std::time::Instant::now();
         let table = a.rewards.score(&inputs);
         out.reward_seconds += t.elapsed().as_secs_f64();
@@ -148,6 +133,32 @@ pub(crate) fn generate(
         }
     }
     Ok(out)
+}
+
+/// What the reward functions see of each completion: its prompt (by `prompt_index` into
+/// `prompts`), text, reference, token count against the budget `max_tokens`, and whether it
+/// was truncated.
+pub fn reward_inputs<'a>(
+    prompts: &'a [TrainPrompt],
+    completions: &'a [Completion],
+    max_tokens: usize,
+) -> Vec<RewardInput<'a>> {
+    completions
+        .iter()
+        .map(|c| {
+            let p = &prompts[c.prompt_index];
+            RewardInput {
+                prompt_index: c.prompt_index,
+                sample_index: c.sample_index,
+                prompt: &p.text,
+                completion: &c.text,
+                reference: &p.reference,
+                completion_tokens: c.token_ids.len(),
+                max_completion_tokens: max_tokens,
+                truncated: c.finish_reason == FinishReason::Length,
+            }
+        })
+        .collect()
 }
 
 /// Whether a group's weighted rewards differ (an all-equal group has zero advantages): the

@@ -6,10 +6,11 @@
 //! unbiased estimator of Chen et al. 2021, `1 − C(n−c, k)/C(n, k)`), plus the share of
 //! completions each named reward scores above zero (e.g. a format reward's rate).
 
+use rlzero_grpo::generation::reward_inputs;
 use rlzero_grpo::TrainPrompt;
 use rlzero_model::{Decoder, TextTokenizer};
-use rlzero_rewards::{RewardInput, RewardSet};
-use rlzero_rollout::{rollout, FinishReason, RolloutError, SamplingParams};
+use rlzero_rewards::RewardSet;
+use rlzero_rollout::{rollout, RolloutError, SamplingParams};
 use serde_json::{json, Map, Value};
 
 /// What [`evaluate`] measures and how.
@@ -90,23 +91,7 @@ fn score(
     rewards: &RewardSet,
     max_tokens: usize,
 ) -> rlzero_rewards::RewardTable {
-    let inputs: Vec<RewardInput<'_>> = completions
-        .iter()
-        .map(|c| {
-            let p = &prompts[c.prompt_index];
-            RewardInput {
-                prompt_index: c.prompt_index,
-                sample_index: c.sample_index,
-                prompt: &p.text,
-                completion: &c.text,
-                reference: &p.reference,
-                completion_tokens: c.token_ids.len(),
-                max_completion_tokens: max_tokens,
-                truncated: c.finish_reason == FinishReason::Length,
-            }
-        })
-        .collect();
-    rewards.score(&inputs)
+    rewards.score(&reward_inputs(prompts, completions, max_tokens))
 }
 
 /// Evaluates `model` on `prompts` (see the module docs). Merge LoRA adapters first
