@@ -138,13 +138,16 @@ pub fn charts(
             ),
         ),
     ];
-    // Every numeric key of the evaluations (accuracy, mean reward, format rate, …).
+    // The evaluations' shares and rewards: `eval/*` keys whose values all lie in [0, 1]
+    // (counts, lengths and times would flatten them).
     let mut keys: Vec<String> = evals
         .iter()
-        .flat_map(|m| {
-            m.iter()
-                .filter(|(k, v)| v.is_number() && *k != "step")
-                .map(|(k, _)| k.clone())
+        .flat_map(|m| m.keys().filter(|k| k.starts_with("eval/")).cloned())
+        .filter(|k| {
+            evals
+                .iter()
+                .filter_map(|m| m.get(k).and_then(Value::as_f64))
+                .all(|v| (0.0..=1.0).contains(&v))
         })
         .collect();
     keys.sort();

@@ -309,7 +309,11 @@ mod tests {
             .to_string();
         assert!(e.contains("eval.jsonl") && e.contains("line 2"), "{e}");
         // Plots and the report render from the logs.
-        std::fs::write(root.join("eval.jsonl"), "{\"step\":1,\"accuracy\":0.5}\n").unwrap();
+        std::fs::write(
+            root.join("eval.jsonl"),
+            "{\"step\":1,\"eval/accuracy\":0.5,\"eval/prompts\":64}\n",
+        )
+        .unwrap();
         let plots = crate::plots::write_plots(&root).unwrap();
         assert!(plots.iter().any(|p| p.ends_with("reward.svg")));
         assert!(plots.iter().any(|p| p.ends_with("eval.svg")));
