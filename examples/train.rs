@@ -14,8 +14,9 @@
 //! the trained model in transformers' layout under `final/`.
 //!
 //! `--resume RUN` continues a run from its newest checkpoint with the flags it was started
-//! with (stored in `run.json`); only `--steps` may change (to extend it), and a run resumed this
-//! way continues exactly as if it had not stopped.
+//! with (stored in `run.json`), exactly as if it had not stopped. Only `--steps` may change, to
+//! extend the run; that moves the end of the LR schedule (the default decays linearly to 0 at
+//! the last step), so from the resume point on the learning rates differ from the first plan.
 #[path = "cli/mod.rs"]
 mod cli;
 
@@ -251,7 +252,7 @@ fn main() -> Result<()> {
                 dir.display(),
                 t.step_count()
             );
-            let run = RunDir::resume(&run_root, t.step_count())?;
+            let run = RunDir::resume(&run_root, t.step_count(), t.batches_sampled())?;
             (t, run, r.prompts_drawn as usize, None)
         }
         (Some(dir), None) => bail!("{}: no checkpoint to resume from", dir.display()),
@@ -359,10 +360,7 @@ fn finish(
     generation: &rlzero::model::GenerationConfig,
 ) -> Result<()> {
     let step = trainer.step_count();
-    trainer.save_checkpoint(
-        &rlzero::grpo::checkpoint::checkpoint_dir(&ckpt.root, step),
-        Value::Null,
-    )?;
+    ckpt.save_now(trainer, Value::Null)?;
     if !held_out.is_empty() {
         let after = run_eval(trainer, held_out, a, eos)?;
         println!("== after training:  {}", describe(&after));
@@ -397,6 +395,11 @@ fn finish(
         usd_per_device_hour: a.usd_per_hour,
         device: a.device.clone(),
         num_generations: trainer.config().num_generations,
+        extra_forwards: f64::from(u8::from(trainer.config().loss.beta > 0.0))
+            + f64::from(u8::from(
+                trainer.config().num_iterations > 1
+                    && trainer.config().old_logprobs == rlzero::grpo::OldLogprobs::Recompute,
+            )),
     };
     let lines = rlzero::run::read_jsonl(&run.path().join("metrics.jsonl"))?;
     let ledger = Ledger::from_metrics(&lines, &opts);

@@ -434,10 +434,15 @@ fn keep_last_prunes_old_checkpoints_and_latest_ignores_unfinished_ones() {
         (b.step_count(), info.user["best_metric"].as_f64()),
         (8, Some(0.6))
     );
+    // A replace interrupted between its two renames leaves `<name>.old-<pid>`: it still counts,
+    // read in place of the missing checkpoint.
+    let six = checkpoint_dir(root.path(), 6);
+    std::fs::rename(&six, root.path().join("checkpoint-00000006.old-4242")).unwrap();
+    assert_eq!(list(root.path()).unwrap().len(), 2);
     // A save interrupted before its rename leaves only a temporary directory.
     std::fs::create_dir_all(root.path().join("checkpoint-00000008.tmp-1")).unwrap();
     assert_eq!(
         latest(root.path()).unwrap(),
-        Some(checkpoint_dir(root.path(), 6))
+        Some(root.path().join("checkpoint-00000006.old-4242"))
     );
 }

@@ -82,17 +82,22 @@ impl Trainer {
         let mut tmp_name = name.to_os_string();
         tmp_name.push(format!(".tmp-{}", std::process::id()));
         let tmp = parent.join(tmp_name);
+        let old = parent.join(format!(
+            "{}.old-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        // Leftovers of an interrupted save by a process that had our pid: the old copy goes
+        // back into place if the checkpoint itself is missing, then both names are cleared.
+        recover(dir, &old)?;
         let written = self.write_checkpoint_files(&tmp, user);
         if let Err(e) = written {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
         }
         // Replace an existing checkpoint of the same name: move it aside, move the new one in.
-        let old = parent.join(format!(
-            "{}.old-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
+        // A crash between the two renames leaves `<name>.old-<pid>`, which `list` reads in
+        // place of the missing checkpoint (and a later save by the same pid moves back).
         let had_old = dir.exists();
         if had_old {
             std::fs::rename(dir, &old).map_err(|e| ckpt_err(dir, e.to_string()))?;
@@ -349,7 +354,25 @@ pub fn latest(root: &Path) -> Result<Option<PathBuf>> {
     Ok(list(root)?.pop())
 }
 
-/// Complete checkpoints under `root`, oldest first.
+/// Puts `old` (a checkpoint moved aside by an interrupted replace) back at `dir` when `dir` is
+/// missing; removes it when `dir` is complete.
+fn recover(dir: &Path, old: &Path) -> Result<()> {
+    if !old.exists() {
+        return Ok(());
+    }
+    if dir.join(STATE_FILE).is_file() {
+        std::fs::remove_dir_all(old).map_err(|e| ckpt_err(old, e.to_string()))
+    } else {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| ckpt_err(dir, e.to_string()))?;
+        }
+        std::fs::rename(old, dir).map_err(|e| ckpt_err(dir, e.to_string()))
+    }
+}
+
+/// Complete checkpoints under `root`, oldest first. A checkpoint left as `<name>.old-<pid>` by
+/// a replace interrupted between its two renames stands in for `<name>` when that is missing
+/// (read only: the next save of that name moves it back).
 pub fn list(root: &Path) -> Result<Vec<PathBuf>> {
     let mut found: Vec<(u64, PathBuf)> = Vec::new();
     let entries = match std::fs::read_dir(root) {
@@ -359,6 +382,11 @@ pub fn list(root: &Path) -> Result<Vec<PathBuf>> {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
+        let name = match name.rsplit_once(".old-") {
+            Some((base, _)) if !root.join(base).join(STATE_FILE).is_file() => base.to_string(),
+            Some(_) => continue,
+            None => name,
+        };
         if let Some(step) = name
             .strip_prefix("checkpoint-")
             .and_then(|s| s.parse::<u64>().ok())
@@ -396,8 +424,16 @@ impl CheckpointPolicy {
         if self.save_every == 0 || step == 0 || !step.is_multiple_of(self.save_every) {
             return Ok(None);
         }
-        let dir = checkpoint_dir(&self.root, step);
-        if dir.join(STATE_FILE).is_file() {
+        self.save_now(trainer, user)
+    }
+
+    /// Saves `root/checkpoint-<step>` now (unless one of this step and generation batch is
+    /// there already) and prunes to `keep_last`; returns the directory when it wrote one.
+    pub fn save_now(&self, trainer: &Trainer, user: Value) -> Result<Option<PathBuf>> {
+        let dir = checkpoint_dir(&self.root, trainer.step_count());
+        if dir.join(STATE_FILE).is_file()
+            && read_state(&dir).is_ok_and(|s| s.batches_sampled == trainer.batches_sampled())
+        {
             return Ok(None);
         }
         trainer.save_checkpoint(&dir, user)?;

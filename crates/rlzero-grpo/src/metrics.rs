@@ -37,6 +37,9 @@ pub struct PhaseTimes {
 pub struct StepMetrics {
     /// Optimizer step count after this step (1-based, TRL `step`).
     pub step: u64,
+    /// Generation batches sampled so far, this one included (1-based; skipped steps count, so
+    /// it orders every line of a run, where `step` repeats across skipped steps).
+    pub batch: u64,
     /// Mean weighted reward (`reward`).
     pub reward: f64,
     /// Its sample std (`reward_std`).
@@ -166,6 +169,7 @@ impl StepMetrics {
         m.insert("skipped".into(), Value::Bool(self.skipped));
         // An integer, as TRL's `global_step`, so readers need not round.
         m.insert("step".into(), Value::from(self.step));
+        m.insert("batch".into(), Value::from(self.batch));
         if let Some(r) = &self.skip_reason {
             m.insert("skip_reason".into(), Value::String(r.clone()));
         }

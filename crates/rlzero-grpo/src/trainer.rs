@@ -186,6 +186,7 @@ impl Trainer {
         times.rewards = generated.reward_seconds;
         times.rollout = t.elapsed().as_secs_f64() - times.rewards;
         let mut m = StepMetrics {
+            batch: self.batches,
             sampled_completions: generated.completions_sampled,
             sampled_tokens: generated.tokens_sampled,
             reward_panics: generated.reward_panics,

@@ -14,9 +14,11 @@
 //! [`save_adapter`] writes the adapter alone in PEFT's layout.
 //!
 //! **Nothing is half-written.** Each file goes to a temporary name in the target directory, is
-//! fsynced, then renamed over its final name, and the directory is fsynced; on any error the
-//! files already in the directory stay as they were. Shards left over from an earlier save with a
-//! different shard count are removed only after the new index is in place.
+//! fsynced, then renamed over its final name, and the directory is fsynced, so every file is
+//! either the old one or the new one. Everything that can fail on the content (config, tokenizer)
+//! is checked before the first write. Weight files of an earlier save with another shard layout
+//! are removed right after the new weights are in place; a failure after that (a full disk while
+//! writing `config.json`) can leave new weights beside the old config files.
 
 use std::path::{Path, PathBuf};
 
@@ -257,6 +259,8 @@ pub fn save_pretrained(
 
     let mut files = Vec::new();
     let (shards, total_bytes) = write_weights(dir, &tensors, opts.max_shard_bytes, &mut files)?;
+    // At once, so no loader ever sees the new weights beside an old index (or the reverse).
+    remove_stale_weights(dir, &shards)?;
     for (name, value) in [
         ("config.json", &config),
         ("generation_config.json", &generation),
@@ -269,7 +273,6 @@ pub fn save_pretrained(
     let path = dir.join("tokenizer.json");
     write_atomic(&path, tokenizer_json.as_bytes())?;
     files.push(path);
-    remove_stale_weights(dir, &shards)?;
     sync_dir(dir)?;
     Ok(ExportSummary { files, total_bytes })
 }

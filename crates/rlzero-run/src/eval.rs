@@ -75,7 +75,7 @@ impl EvalResult {
 /// `1 − C(n−c, k)/C(n, k)`: the chance that at least one of `k` completions drawn without
 /// replacement from `n` (of which `c` are correct) is correct.
 pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
-    if k == 0 || n == 0 || k > n {
+    if k == 0 || n == 0 || k > n || c > n {
         return f64::NAN;
     }
     if n - c < k {

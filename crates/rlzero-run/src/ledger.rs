@@ -6,7 +6,8 @@
 //! weights, `2N` each). So full fine-tuning costs `6N` per trained token; LoRA costs about
 //! `4N` (forward, and backward through the frozen weights for the activations' gradient; the
 //! adapters' own weight gradients are negligible at small rank); sampling costs `2N` per
-//! generated or prefilled token. `N` counts every weight the forward multiplies by, embeddings
+//! generated or prefilled token, and so does each no-grad forward over the trained sequences
+//! (a KL reference, recomputed old log-probs). `N` counts every weight the forward multiplies by, embeddings
 //! included (the LM head is a matmul; a tied embedding is counted once).
 //!
 //! **Cost** is wall-clock device-hours times a price per device-hour. Defaults, each an
@@ -72,6 +73,10 @@ pub struct LedgerOptions {
     pub device: String,
     /// Completions per prompt, `G`: sampling prefills each prompt once per group.
     pub num_generations: usize,
+    /// No-grad forward passes over each generation batch besides the training forward: 1 for
+    /// a KL reference (β > 0), 1 more for recomputed old log-probs (μ > 1 with
+    /// `old_logprobs = recompute`). `2N` per token each.
+    pub extra_forwards: f64,
 }
 
 /// What a run consumed.
@@ -111,6 +116,7 @@ impl Ledger {
     pub fn from_metrics(lines: &[Map<String, Value>], opts: &LedgerOptions) -> Self {
         let mut l = Ledger::default();
         let n = opts.params as f64;
+        let mut extra_tokens = 0.0;
         for m in lines {
             let skipped = m.get("skipped") == Some(&Value::Bool(true));
             if !skipped {
@@ -121,7 +127,9 @@ impl Ledger {
             l.tokens_sampled += num(m, "sampled_tokens");
             let iterations = num(m, "iterations").max(1.0);
             let prompt = num(m, "prompt_tokens");
-            l.tokens_trained += (prompt + num(m, "completion_tokens")) * iterations;
+            let batch_tokens = prompt + num(m, "completion_tokens");
+            l.tokens_trained += batch_tokens * iterations;
+            extra_tokens += batch_tokens * opts.extra_forwards;
             // Sampling prefills each trained prompt once for its group (prompts of groups that
             // dynamic sampling dropped are not counted).
             l.tokens_prefilled += prompt / opts.num_generations.max(1) as f64;
@@ -131,7 +139,8 @@ impl Ledger {
             l.wall_seconds += num(m, "step_time");
         }
         l.flops_sampling = 2.0 * n * (l.tokens_sampled + l.tokens_prefilled);
-        l.flops_training = if opts.lora { 4.0 } else { 6.0 } * n * l.tokens_trained;
+        l.flops_training =
+            if opts.lora { 4.0 } else { 6.0 } * n * l.tokens_trained + 2.0 * n * extra_tokens;
         l.device_hours = opts.devices * l.wall_seconds / 3600.0;
         l.cost_usd = l.device_hours * opts.usd_per_device_hour;
         l
@@ -234,11 +243,15 @@ pub const REFLECTION_PHRASES: [&str; 10] = [
 pub fn has_reflection(text: &str, phrases: &[&str]) -> bool {
     let lower = text.to_lowercase();
     phrases.iter().any(|p| {
+        let p = p.to_lowercase();
         let (p, prefix) = match p.strip_suffix('*') {
-            Some(stem) => (stem, true),
-            None => (*p, false),
+            Some(stem) => (stem.to_string(), true),
+            None => (p.clone(), false),
         };
-        lower.match_indices(p).any(|(i, _)| {
+        if p.is_empty() {
+            return false;
+        }
+        lower.match_indices(p.as_str()).any(|(i, _)| {
             let before = lower[..i].chars().next_back();
             let after = lower[i + p.len()..].chars().next();
             !before.is_some_and(char::is_alphanumeric)
@@ -310,6 +323,7 @@ mod tests {
             usd_per_device_hour: 0.1,
             device: "CPU".into(),
             num_generations: 8,
+            extra_forwards: 0.0,
         };
         let l = Ledger::from_metrics(&[line(1, false), line(1, true)], &opts);
         assert_eq!(l.steps, 1);
@@ -322,8 +336,22 @@ mod tests {
         assert_eq!(r1.r1_zero_gpu_hours(), 101_376.0);
         let s = l.summary(&opts, &r1);
         assert!(s.contains("1/50688") && s.contains("$294k"), "{s}");
-        let lora = Ledger::from_metrics(&[line(1, false)], &LedgerOptions { lora: true, ..opts });
+        let lora = Ledger::from_metrics(
+            &[line(1, false)],
+            &LedgerOptions {
+                lora: true,
+                ..opts.clone()
+            },
+        );
         assert_eq!(lora.flops_training, 4.0 * 1e6 * 180.0);
+        let kl = Ledger::from_metrics(
+            &[line(1, false)],
+            &LedgerOptions {
+                extra_forwards: 1.0,
+                ..opts
+            },
+        );
+        assert_eq!(kl.flops_training, 6.0 * 1e6 * 180.0 + 2.0 * 1e6 * 180.0);
     }
 
     #[test]
@@ -333,6 +361,7 @@ mod tests {
         assert!(has_reflection("Let me check: 7.", p));
         assert!(has_reflection("let me recompute that", p));
         assert!(!has_reflection("let me return 7", &["let me ret"]));
+        assert!(has_reflection("wait", &["Wait"]) && !has_reflection("x", &["*"]));
         assert!(!has_reflection("I awaited the answer.", p));
         assert!(!has_reflection("The answer is 7.", p));
     }

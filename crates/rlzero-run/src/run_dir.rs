@@ -71,13 +71,22 @@ impl RunDir {
     }
 
     /// Reopens the run in `root` to continue from a checkpoint taken after `step` optimizer
-    /// steps: log lines of later steps are dropped (atomically), new ones are appended.
-    pub fn resume(root: &Path, step: u64) -> Result<Self> {
+    /// steps and `batches` generation batches (`Trainer::batches_sampled`): later lines are
+    /// dropped (atomically), new ones are appended. Metrics lines are cut by their `batch`, so
+    /// skipped steps after the checkpoint (same `step`) are dropped too; the other logs by
+    /// `step`.
+    pub fn resume(root: &Path, step: u64, batches: u64) -> Result<Self> {
         if !root.join("config.toml").is_file() {
             return Err(RunError::NotARun(root.to_path_buf()));
         }
-        for log in LOGS {
-            truncate_after(&root.join(log), step)?;
+        truncate_after(&root.join("metrics.jsonl"), |m| {
+            match m.get("batch").and_then(Value::as_u64) {
+                Some(b) => b <= batches,
+                None => step_of(m).is_none_or(|s| s <= step),
+            }
+        })?;
+        for log in ["completions.jsonl", "eval.jsonl"] {
+            truncate_after(&root.join(log), |m| step_of(m).is_none_or(|s| s <= step))?;
         }
         Self::open(root)
     }
@@ -220,14 +229,14 @@ pub fn step_of(m: &Map<String, Value>) -> Option<u64> {
     })
 }
 
-/// Rewrites `path` without the lines of steps after `step` (and without a torn last line).
-fn truncate_after(path: &Path, step: u64) -> Result<()> {
+/// Rewrites `path` with only the lines `keep` accepts (and without a torn last line).
+fn truncate_after(path: &Path, keep: impl Fn(&Map<String, Value>) -> bool) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
     let kept: Vec<String> = read_jsonl(path)?
         .into_iter()
-        .filter(|m| step_of(m).is_none_or(|s| s <= step))
+        .filter(|m| keep(m))
         .map(|m| Value::Object(m).to_string() + "\n")
         .collect();
     write_atomic(path, kept.concat().as_bytes())?;
@@ -243,6 +252,7 @@ mod tests {
         StepReport {
             metrics: StepMetrics {
                 step,
+                batch: step,
                 reward,
                 ..StepMetrics::default()
             },
@@ -284,7 +294,7 @@ mod tests {
         f.write_all(b"{\"step\": 6, \"rew").unwrap();
         assert_eq!(read_jsonl(&root.join("metrics.jsonl")).unwrap().len(), 5);
         // Resume from the checkpoint after step 3: steps 4..5 are dropped, then rewritten.
-        let mut run = RunDir::resume(&root, 3).unwrap();
+        let mut run = RunDir::resume(&root, 3, 3).unwrap();
         run.log_step(&report(4, 0.9), Map::new()).unwrap();
         let m = read_jsonl(&root.join("metrics.jsonl")).unwrap();
         let steps: Vec<u64> = m.iter().map(|l| l["step"].as_u64().unwrap()).collect();

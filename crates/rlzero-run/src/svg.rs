@@ -56,13 +56,13 @@ fn ticks(lo: f64, hi: f64) -> Vec<f64> {
         .map(|m| m * mag)
         .find(|s| span / s <= 6.0)
         .unwrap_or(10.0 * mag);
-    let mut t = (lo / step).ceil() * step;
-    let mut out = Vec::new();
-    while t <= hi + step * 1e-9 {
-        out.push(if t.abs() < step * 1e-9 { 0.0 } else { t });
-        t += step;
-    }
-    out
+    let first = (lo / step).ceil();
+    // By index, not by accumulation: a step below the values' precision cannot stall the loop.
+    (0..12)
+        .map(|i| (first + i as f64) * step)
+        .take_while(|t| *t <= hi + step * 1e-9)
+        .map(|t| if t.abs() < step * 1e-9 { 0.0 } else { t })
+        .collect()
 }
 
 fn fmt_tick(v: f64) -> String {
@@ -120,11 +120,11 @@ impl Chart {
             );
             return svg;
         }
-        if x1 - x0 < 1e-12 {
+        if x1 - x0 <= 1e-9 * x0.abs().max(x1.abs()).max(1.0) {
             x0 -= 0.5;
             x1 += 0.5;
         }
-        if y1 - y0 < 1e-12 {
+        if y1 - y0 <= 1e-9 * y0.abs().max(y1.abs()).max(1.0) {
             let pad = y0.abs().max(1.0) * 0.05;
             y0 -= pad;
             y1 += pad;
@@ -254,6 +254,7 @@ mod tests {
             ticks(0.0, 1.0),
             vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]
         );
+        assert!(ticks(1e6, 1e6 + 2.3e-10).len() <= 12);
         let t = ticks(3.0, 47.0);
         assert!(
             t[0] >= 3.0 && *t.last().unwrap() <= 47.0 && t.len() >= 3,

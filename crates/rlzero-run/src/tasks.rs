@@ -28,7 +28,7 @@ pub enum Task {
         digits: u32,
     },
     /// TinyZero's Countdown: reach a target from `numbers` numbers in 1–99 with `+ - * /`,
-    /// each number used at most once.
+    /// each number used exactly once (the `Countdown` verifier's default).
     Countdown {
         /// How many numbers are given, 2–6.
         numbers: usize,
