@@ -35,10 +35,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rlzero::grpo::{GrpoConfig, TrainPrompt, Trainer};
+use rlzero::model::atomic::write_atomic;
 use rlzero::model::{load, Decoder, LoadOptions, ModelSource, TextTokenizer};
 use rlzero::rewards::{ExactMatch, Reference, Reward, RewardInput, RewardSet};
 use rlzero::rollout::{rollout, SamplingParams};
-use rlzero::model::atomic::write_atomic;
 use rlzero::run::RunDir;
 use serde_json::{json, Map, Value};
 
@@ -313,7 +313,10 @@ fn main() -> Result<()> {
         if let Value::Object(o) = &mut v {
             o.extend(extra);
         }
-        Ok(write_atomic(&out.join("quickstart.json"), format!("{v:#}\n").as_bytes())?)
+        Ok(write_atomic(
+            &out.join("quickstart.json"),
+            format!("{v:#}\n").as_bytes(),
+        )?)
     };
     // The same run folder as the train example: config.toml, run.json, metrics.jsonl,
     // completions.jsonl, eval.jsonl, then plots/ and report.html.
