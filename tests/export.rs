@@ -35,6 +35,18 @@ fn logits(m: &rlzero::model::Decoder, name: &str) -> Tensor {
         .unwrap()
 }
 
+/// `save_pretrained` with the default options, for a loaded model.
+fn export_default(m: &LoadedModel, out: &Path) -> rlzero::model::export::ExportSummary {
+    save_pretrained(
+        &m.decoder,
+        &m.tokenizer,
+        &m.generation,
+        out,
+        &ExportOptions::default(),
+    )
+    .unwrap()
+}
+
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -62,14 +74,7 @@ fn export_matches_transformers_layout_and_reloads_bit_for_bit() {
         let src = fixtures().join(name);
         let m = load_dir(&src, WeightMode::Trainable);
         let out = tmp(name);
-        let summary = save_pretrained(
-            &m.decoder,
-            &m.tokenizer,
-            &m.generation,
-            &out,
-            &ExportOptions::default(),
-        )
-        .unwrap();
+        let summary = export_default(&m, &out);
         assert!(summary.total_bytes > 0);
         // The files transformers' save_pretrained writes (the fixture adds reference logits).
         let mut want_files = file_names(&src);
@@ -161,14 +166,7 @@ fn sharded_export_writes_an_index_and_a_later_save_removes_stale_shards() {
     );
 
     // Saving again unsharded leaves exactly one weight file: no stale shard or index.
-    save_pretrained(
-        &m.decoder,
-        &m.tokenizer,
-        &m.generation,
-        &out,
-        &ExportOptions::default(),
-    )
-    .unwrap();
+    export_default(&m, &out);
     let files = file_names(&out);
     assert!(files.contains("model.safetensors"));
     assert!(
@@ -204,14 +202,7 @@ fn lora_runs_export_merged_weights_and_a_peft_adapter() {
     }
     let adapted = logits(&m.decoder, name);
     let out = tmp("lora-merged");
-    save_pretrained(
-        &m.decoder,
-        &m.tokenizer,
-        &m.generation,
-        &out,
-        &ExportOptions::default(),
-    )
-    .unwrap();
+    export_default(&m, &out);
     let back = load_dir(&out, WeightMode::Frozen);
     let d = max_abs_diff(&logits(&back.decoder, name), &adapted);
     assert!(d <= 1e-5, "merged export vs adapted logits: {d}");
