@@ -262,3 +262,94 @@ fn passes_over_chunks_give_the_same_update_for_every_loss_type() {
         assert!(dw < 1e-5, "{lt:?}: weights differ by {dw} after the step");
     }
 }
+
+/// `--explain`'s numbers are the trainer's: every completion's row terms add up to the step's
+/// loss (micro-batches, chunked passes and KL included), the advantages follow from the printed
+/// group mean and std, and an on-policy DAPO row is exactly `−A·n/D`.
+#[test]
+fn explain_rows_add_up_to_the_step_loss() {
+    use rlzero::run::explain::{explain_group, pick_group, ExplainInput};
+    use rlzero::run::ledger::REFLECTION_PHRASES;
+    for (beta, iterations, pass) in [(0.0, 1, None), (0.04, 2, Some(3))] {
+        let mut cfg = config();
+        cfg.loss.beta = beta;
+        cfg.num_iterations = iterations;
+        cfg.sequences_per_pass = pass;
+        let mut t = Trainer::new(cfg.clone(), tiny(), low_words()).unwrap();
+        let mut ps = prompts();
+        // With β > 0 the second step's policy differs from the reference: KL ≠ 0.
+        let steps = if beta > 0.0 { 2 } else { 1 };
+        let r = (0..steps).map(|_| t.step(&mut ps).unwrap()).last().unwrap();
+        let case = format!("β {beta}, μ {iterations}, pass {pass:?}");
+        assert!(!r.metrics.skipped, "{case}: {:?}", r.metrics.skip_reason);
+        assert!(
+            r.samples.iter().all(|s| s.loss.len() == iterations),
+            "{case}"
+        );
+        let sum: f64 = r.samples.iter().map(|s| s.loss[iterations - 1].loss).sum();
+        assert!(
+            (sum - r.metrics.loss).abs() <= 1e-5,
+            "{case}: Σ L_i {sum} vs step loss {}",
+            r.metrics.loss
+        );
+        for s in &r.samples {
+            let row = s.loss[iterations - 1];
+            assert_eq!(row.tokens, s.tokens as f64, "{case}");
+            if beta == 0.0 {
+                let hand = -s.advantage * row.tokens / row.denominator;
+                assert!(
+                    (row.loss - hand).abs() <= 1e-6,
+                    "{case}: {} vs −A·n/D {hand}",
+                    row.loss
+                );
+                assert_eq!(row.mean_ratio, 1.0, "{case}: on-policy ratio");
+            }
+        }
+        if beta > 0.0 {
+            assert!(
+                r.samples.iter().any(|s| s.loss[1].kl_loss != 0.0),
+                "{case}: KL term"
+            );
+        }
+
+        let rewards = low_words();
+        let group = pick_group(&r).unwrap();
+        let x = ExplainInput {
+            report: &r,
+            config: &cfg,
+            reward_names: &rewards.names(),
+            reward_weights: &rewards.weights(),
+            phrases: &REFLECTION_PHRASES,
+        };
+        let text = explain_group(&x, group).unwrap();
+        let rows: Vec<_> = r
+            .samples
+            .iter()
+            .filter(|s| s.prompt_index == group)
+            .collect();
+        assert!(
+            rows.iter().any(|s| s.advantage != 0.0),
+            "{case}: a group with signal"
+        );
+        let rs: Vec<f64> = rows.iter().map(|s| s.reward).collect();
+        let mean = rs.iter().sum::<f64>() / rs.len() as f64;
+        let std =
+            (rs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (rs.len() - 1) as f64).sqrt();
+        assert!(
+            text.contains(&format!("= {mean:.4}; sample std s = {std:.4}")),
+            "{case}:\n{text}"
+        );
+        for s in &rows {
+            assert!(
+                (s.advantage - (s.reward - mean) / (std + 1e-4)).abs() < 1e-9,
+                "{case}"
+            );
+            assert!(
+                text.contains(&format!("{:+.6}", s.loss[iterations - 1].loss)),
+                "{case}:\n{text}"
+            );
+        }
+        assert!(text.contains("R1-Zero's curves here"), "{case}:\n{text}");
+        assert!(explain_group(&x, 99).is_none());
+    }
+}

@@ -113,6 +113,7 @@ impl Trainer {
         if had_old {
             let _ = std::fs::remove_dir_all(&old);
         }
+        tracing::info!(dir = %dir.display(), step = self.step, "checkpoint saved");
         Ok(())
     }
 
@@ -254,6 +255,7 @@ impl Trainer {
         trainer.step = state.step;
         trainer.batches = state.batches_sampled;
         trainer.prompts_drawn = state.prompts_drawn;
+        tracing::info!(dir = %dir.display(), step = trainer.step, "resumed from checkpoint");
         Ok((
             trainer,
             Resumed {

@@ -116,7 +116,14 @@ pub(crate) fn generate(
         let t = std::time::Instant::now();
         let table = a.rewards.score(&inputs);
         out.reward_seconds += t.elapsed().as_secs_f64();
-        out.reward_panics += table.panics.iter().sum::<usize>();
+        let panics = table.panics.iter().sum::<usize>();
+        if panics > 0 {
+            tracing::warn!(
+                panics,
+                "reward functions panicked; those completions scored as failures"
+            );
+        }
+        out.reward_panics += panics;
         let mut groups = completions.chunks(g).zip(table.values.chunks(g));
         for (p, prompt) in batch.into_iter().enumerate() {
             let Some((comps, rows)) = groups.next() else {

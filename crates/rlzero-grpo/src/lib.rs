@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod generation;
 pub mod loss;
+mod loss_rows;
 pub mod metrics;
 pub mod optim;
 pub mod report;

@@ -36,6 +36,8 @@ use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{GrpoError, Result};
+pub use crate::loss_rows::RowStats;
+use crate::loss_rows::{row_stats, RowInputs};
 
 /// Which policy objective (TRL `loss_type`; default `dapo`, TRL 1.16's default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -272,6 +274,8 @@ pub struct LossOutput {
     pub cispo_clip_ratio: Option<f64>,
     /// VESPO: mean of `φ(W)` over sequences.
     pub vespo_phi_mean: Option<f64>,
+    /// Each row's ratio, clip, KL and term of `loss` (for `--explain`; see [`RowStats`]).
+    pub rows: Vec<RowStats>,
 }
 
 fn scalar(t: &Tensor) -> Result<f64> {
@@ -366,6 +370,7 @@ pub fn grpo_loss(cfg: &LossConfig, acc: &Accumulation, x: &LossInputs<'_>) -> Re
         }
     };
     let mut coef_1 = log_w.exp()?;
+    let weight = coef_1.detach(); // before the δ cap, for the per-row report
 
     let per_token_kl = if cfg.beta != 0.0 {
         let r = x
@@ -390,6 +395,7 @@ pub fn grpo_loss(cfg: &LossConfig, acc: &Accumulation, x: &LossInputs<'_>) -> Re
         clip_ratio_region: None,
         cispo_clip_ratio: None,
         vespo_phi_mean: None,
+        rows: Vec::new(),
     };
     let mut per_token_loss = match cfg.loss_type {
         LossType::Cispo => {
@@ -436,40 +442,66 @@ pub fn grpo_loss(cfg: &LossConfig, acc: &Accumulation, x: &LossInputs<'_>) -> Re
             None => scalar(&mask.sum_all()?),
         }
     };
-    out.loss = match cfg.loss_type {
+    // Each arm: the loss, and the denominator D_i that row i's masked token sum is divided by
+    // (so Σ_i Σ_t m ℓ / D_i is the same number; see `loss_rows`).
+    let (loss, denominators) = match cfg.loss_type {
         LossType::Grpo | LossType::Sapo => {
             let per_row = masked
                 .sum(D::Minus1)?
                 .div(&tokens_per_row.clamp(1.0, f64::INFINITY)?)?;
-            (per_row.sum_all()? / (mb_rows * ga))?
+            let n = tokens_per_row.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            let d = n.iter().map(|n| n.max(1.0) * mb_rows * ga).collect();
+            ((per_row.sum_all()? / (mb_rows * ga))?, d)
         }
-        LossType::Bnpo => (masked.sum_all()? / (mb_tokens()?.max(1.0) * ga))?,
+        LossType::Bnpo => {
+            let d = mb_tokens()?.max(1.0) * ga;
+            ((masked.sum_all()? / d)?, vec![d; b])
+        }
         LossType::DrGrpo => {
-            (masked.sum_all()? / (mb_rows * acc.max_completion_length as f64 * ga))?
+            let d = mb_rows * acc.max_completion_length as f64 * ga;
+            ((masked.sum_all()? / d)?, vec![d; b])
         }
         LossType::Dapo | LossType::Cispo | LossType::Vespo => {
-            let normalizer = x.num_items_in_batch.max(1.0) * ga / acc.steps_per_generation as f64;
-            (masked.sum_all()? / normalizer)?
+            let d = x.num_items_in_batch.max(1.0) * ga / acc.steps_per_generation as f64;
+            ((masked.sum_all()? / d)?, vec![d; b])
         }
-        LossType::Luspo => (masked.sum_all()? / (mb_rows * ga))?,
+        LossType::Luspo => {
+            let d = mb_rows * ga;
+            ((masked.sum_all()? / d)?, vec![d; b])
+        }
     };
+    out.loss = loss;
 
-    match cfg.loss_type {
+    let clipped = match cfg.loss_type {
         LossType::Grpo | LossType::Bnpo | LossType::DrGrpo | LossType::Dapo | LossType::Luspo => {
             let w = coef_1.detach();
             let low = w.lt(1.0 - cfg.epsilon)?.broadcast_mul(&adv.lt(0.0)?)?;
             let high = w.gt(1.0 + eps_high)?.broadcast_mul(&adv.gt(0.0)?)?;
-            let region = low.maximum(&high)?;
+            let region = low.maximum(&high)?.to_dtype(dtype)?;
             out.clip_ratio_low = Some(masked_mean(&low.to_dtype(dtype)?, &mask)?);
             out.clip_ratio_high = Some(masked_mean(&high.to_dtype(dtype)?, &mask)?);
-            out.clip_ratio_region = Some(masked_mean(&region.to_dtype(dtype)?, &mask)?);
+            out.clip_ratio_region = Some(masked_mean(&region, &mask)?);
+            Some(region)
         }
         LossType::Cispo => {
             let w = coef_1.detach();
-            let c = w.gt(eps_high)?.broadcast_mul(&adv.gt(0.0)?)?;
-            out.cispo_clip_ratio = Some(masked_mean(&c.to_dtype(dtype)?, &mask)?);
+            let c = w
+                .gt(eps_high)?
+                .broadcast_mul(&adv.gt(0.0)?)?
+                .to_dtype(dtype)?;
+            out.cispo_clip_ratio = Some(masked_mean(&c, &mask)?);
+            Some(c)
         }
-        LossType::Sapo | LossType::Vespo => {}
-    }
+        LossType::Sapo | LossType::Vespo => None,
+    };
+    out.rows = row_stats(&RowInputs {
+        per_token_loss: &per_token_loss.detach(),
+        weight: &weight,
+        clipped: clipped.as_ref(),
+        kl: per_token_kl.as_ref().map(|k| k.detach()).as_ref(),
+        beta: cfg.beta,
+        mask: &mask,
+        denominators,
+    })?;
     Ok(out)
 }

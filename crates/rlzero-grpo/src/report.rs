@@ -7,6 +7,7 @@ use rlzero_rollout::{Completion, FinishReason};
 
 use crate::error::Result;
 use crate::generation::TrainPrompt;
+use crate::loss::RowStats;
 use crate::metrics::{RewardStat, StepMetrics};
 
 /// One trained completion, for logs and `--explain`.
@@ -30,6 +31,9 @@ pub struct SampleRecord {
     pub finish_reason: FinishReason,
     /// Completion tokens.
     pub tokens: usize,
+    /// Its importance ratio, clip fraction, KL and term of the loss, one entry per
+    /// optimizer iteration applied (`num_iterations`; empty for a skipped step).
+    pub loss: Vec<RowStats>,
 }
 
 /// What a step returns: TRL-named metrics and the completions it trained on.
@@ -151,6 +155,7 @@ pub(crate) fn records(
     rows: &[Vec<f64>],
     adv: &crate::advantages::Advantages,
     g: usize,
+    row_stats: &[Vec<RowStats>],
 ) -> Vec<SampleRecord> {
     completions
         .iter()
@@ -165,6 +170,10 @@ pub(crate) fn records(
             advantage: adv.advantages[i],
             finish_reason: c.finish_reason,
             tokens: c.token_ids.len(),
+            loss: row_stats
+                .iter()
+                .filter_map(|iteration| iteration.get(i).copied())
+                .collect(),
         })
         .collect()
 }

@@ -32,7 +32,7 @@ use crate::advantages::compute_advantages;
 use crate::config::{GrpoConfig, OldLogprobs};
 use crate::error::{GrpoError, Result};
 use crate::generation::{generate, GenerateArgs, TrainPrompt};
-use crate::loss::{grpo_loss, LossInputs};
+use crate::loss::{grpo_loss, LossInputs, RowStats};
 use crate::metrics::{PhaseTimes, StepMetrics};
 use crate::optim::{clip_grad_norm, grad_norm, AdamW};
 use crate::report::{fill_reward_metrics, records, LossStats, StepReport};
@@ -231,7 +231,8 @@ impl Trainer {
         times.forward += t.elapsed().as_secs_f64();
 
         // 5. μ optimizer steps on this generation batch.
-        if let Some(why) = self.optimize(&micro, num_items, &mut m, &mut times)? {
+        let mut row_stats = Vec::new();
+        if let Some(why) = self.optimize(&micro, num_items, &mut m, &mut times, &mut row_stats)? {
             return Ok(self.skipped(m, t_step, times, &why));
         }
         m.step = self.step;
@@ -239,12 +240,24 @@ impl Trainer {
         m.step_time = t_step.elapsed().as_secs_f64();
         m.peak_rss_mib = crate::metrics::peak_rss_mib();
         m.phases = times;
+        tracing::debug!(
+            step = m.step,
+            reward = m.reward,
+            loss = m.loss,
+            grad_norm = m.grad_norm,
+            rollout_s = m.phases.rollout,
+            forward_s = m.phases.forward,
+            backward_s = m.phases.backward,
+            optimizer_s = m.phases.optimizer,
+            "step done"
+        );
         let samples = records(
             &generated.prompts,
             &generated.completions,
             &generated.rewards,
             &adv,
             g,
+            &row_stats,
         );
         Ok(StepReport {
             metrics: m,
@@ -258,12 +271,15 @@ impl Trainer {
     /// anything was applied (the caller reports a skipped step). In a later iteration (μ > 1)
     /// the iterations already applied stay applied: the step ends early, `iterations` says how
     /// many ran and `skip_reason` why it stopped.
+    ///
+    /// `rows` receives, per iteration applied, every completion's [`RowStats`] in batch order.
     fn optimize(
         &mut self,
         micro: &[MicroBatch],
         num_items: f64,
         m: &mut StepMetrics,
         times: &mut PhaseTimes,
+        rows: &mut Vec<Vec<RowStats>>,
     ) -> Result<Option<String>> {
         let cfg = self.cfg.clone();
         let mut acc = cfg.accumulation();
@@ -276,6 +292,7 @@ impl Trainer {
             let mut grads: Option<GradStore> = None;
             let mut loss_total = 0.0;
             let mut failure = None;
+            let mut iteration_rows = Vec::new();
             'micro: for mb in micro {
                 let rows = mb.batch.len();
                 let pass = cfg.sequences_per_pass.unwrap_or(rows).min(rows);
@@ -320,6 +337,7 @@ impl Trainer {
                     )?;
                     times.forward += t.elapsed().as_secs_f64();
                     stats.add(&out, scores.entropy.as_ref(), &mask)?;
+                    iteration_rows.extend_from_slice(&out.rows);
                     let loss = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                     if !loss.is_finite() {
                         failure = Some(format!("non-finite loss {loss}"));
@@ -363,6 +381,7 @@ impl Trainer {
             self.step += 1;
             times.optimizer += t.elapsed().as_secs_f64();
             m.iterations = it + 1;
+            rows.push(iteration_rows);
             m.loss = loss_total;
             m.grad_norm = norm;
             m.learning_rate = lr;
@@ -466,6 +485,12 @@ impl Trainer {
     fn skipped(&self, mut m: StepMetrics, t0: Instant, times: PhaseTimes, why: &str) -> StepReport {
         m.skipped = true;
         m.skip_reason = Some(why.to_string());
+        tracing::warn!(
+            step = self.step,
+            batch = self.batches,
+            reason = why,
+            "step skipped"
+        );
         m.step = self.step;
         m.learning_rate = self
             .cfg

@@ -113,6 +113,8 @@ fn run_loss_cases(dtype: DType, tol: f64) {
             "{name} ({dtype:?}): loss {loss} vs TRL {want}"
         );
 
+        check_rows(name, &out, &cfg, c, tol);
+
         let grads = out.loss.backward().unwrap();
         let g = grads
             .get(lp.as_tensor())
@@ -159,6 +161,94 @@ fn run_loss_cases(dtype: DType, tol: f64) {
         }
     }
     assert_eq!(seen.len(), 8, "every loss type is covered: {seen:?}");
+}
+
+/// The per-row report `--explain` prints must add up to what TRL computed: the row terms sum
+/// to the loss, the token-weighted row means give the logged KL and clip ratio, and
+/// on-policy DAPO rows are `−A_i · n_i / D` (the hand check README walks through).
+fn check_rows(
+    name: &str,
+    out: &rlzero_grpo::loss::LossOutput,
+    cfg: &LossConfig,
+    c: &Value,
+    tol: f64,
+) {
+    let mask = mat(&c["completion_mask"]);
+    let adv = vec1(&c["advantages"]);
+    assert_eq!(
+        out.rows.len(),
+        mask.len(),
+        "{name}: one row report per sequence"
+    );
+    let loss = f(&c["loss"]);
+    let sum: f64 = out.rows.iter().map(|r| r.loss).sum();
+    assert!(
+        close(sum, loss, tol),
+        "{name}: Σ row terms {sum} vs TRL loss {loss}"
+    );
+    let tokens: f64 = out.rows.iter().map(|r| r.tokens).sum();
+    for (i, r) in out.rows.iter().enumerate() {
+        let n: f64 = mask[i].iter().sum();
+        assert_eq!(r.tokens, n, "{name}: row {i} tokens");
+        assert!(r.denominator > 0.0, "{name}: row {i} denominator");
+        assert_eq!(
+            r.kl.is_some(),
+            cfg.beta > 0.0,
+            "{name}: row {i} KL presence"
+        );
+        if n == 0.0 {
+            assert!(
+                r.loss == 0.0 && r.kl_loss == 0.0,
+                "{name}: empty row {i}: {r:?}"
+            );
+            continue;
+        }
+        if cfg.beta == 0.0 {
+            assert_eq!(r.kl_loss, 0.0, "{name}: row {i} KL term");
+        }
+        let on_policy = c["old_per_token_logps"].is_null();
+        if on_policy && n > 0.0 {
+            assert!(
+                close(r.mean_ratio, 1.0, tol),
+                "{name}: row {i} ratio {}",
+                r.mean_ratio
+            );
+        }
+        if on_policy && cfg.beta == 0.0 && cfg.loss_type == LossType::Dapo {
+            let hand = -adv[i] * n / r.denominator;
+            assert!(
+                close(r.loss, hand, tol),
+                "{name}: row {i} term {} vs −A·n/D {hand}",
+                r.loss
+            );
+        }
+    }
+    // Token-weighted means of the row figures are the batch metrics (token-level weights only:
+    // sequence-level metrics average over sequences).
+    if cfg.importance_sampling_level == IsLevel::Token && tokens > 0.0 {
+        let weighted = |v: &dyn Fn(&rlzero_grpo::loss::RowStats) -> Option<f64>| -> Option<f64> {
+            let mut s = 0.0;
+            for r in out.rows.iter().filter(|r| r.tokens > 0.0) {
+                s += v(r)? * r.tokens;
+            }
+            Some(s / tokens)
+        };
+        for (what, ours, batch) in [
+            ("kl", weighted(&|r| r.kl), out.kl),
+            (
+                "clip region",
+                weighted(&|r| r.clipped_fraction),
+                out.clip_ratio_region.or(out.cispo_clip_ratio),
+            ),
+        ] {
+            if let (Some(a), Some(b)) = (ours, batch) {
+                assert!(
+                    close(a, b, tol),
+                    "{name}: token-weighted row {what} {a} vs batch {b}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

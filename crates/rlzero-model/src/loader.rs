@@ -272,6 +272,20 @@ fn gguf_decoder(file: &GgufFile, opts: &LoadOptions) -> Result<Decoder> {
 
 /// Loads a model from any [`ModelSource`].
 pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<LoadedModel> {
+    tracing::info!(?source, dtype = ?opts.dtype, mode = ?opts.mode, "loading model");
+    let t = std::time::Instant::now();
+    let model = load_any(source, opts)?;
+    tracing::debug!(
+        architecture = ?model.config.architecture,
+        layers = model.config.num_hidden_layers,
+        vocab = model.config.vocab_size,
+        seconds = t.elapsed().as_secs_f64(),
+        "model loaded"
+    );
+    Ok(model)
+}
+
+fn load_any(source: &ModelSource, opts: &LoadOptions) -> Result<LoadedModel> {
     match source {
         ModelSource::Dir(dir) => load_hf(dir_files(dir)?, dir.display().to_string(), opts),
         ModelSource::Hub { repo_id, revision } => {

@@ -241,9 +241,15 @@ pub const REFLECTION_PHRASES: [&str; 10] = [
 
 /// Whether `text` contains one of `phrases` as whole words (case-insensitive).
 pub fn has_reflection(text: &str, phrases: &[&str]) -> bool {
+    reflection_phrase(text, phrases).is_some()
+}
+
+/// The first of `phrases` (in list order) that `text` contains as whole words
+/// (case-insensitive; a trailing `*` matches any continuation of the last word).
+pub fn reflection_phrase<'p>(text: &str, phrases: &[&'p str]) -> Option<&'p str> {
     let lower = text.to_lowercase();
-    phrases.iter().any(|p| {
-        let p = p.to_lowercase();
+    phrases.iter().copied().find(|phrase| {
+        let p = phrase.to_lowercase();
         let (p, prefix) = match p.strip_suffix('*') {
             Some(stem) => (stem.to_string(), true),
             None => (p.clone(), false),

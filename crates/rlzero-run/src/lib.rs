@@ -21,6 +21,7 @@
 
 pub mod error;
 pub mod eval;
+pub mod explain;
 pub mod ledger;
 pub mod plots;
 pub mod report;

@@ -67,6 +67,7 @@ impl RunDir {
         })?;
         info.push(b'\n');
         write_atomic(&root.join("run.json"), &info)?;
+        tracing::info!(root = %root.display(), "run folder created");
         Self::open(root)
     }
 
@@ -88,6 +89,7 @@ impl RunDir {
         for log in ["completions.jsonl", "eval.jsonl"] {
             truncate_after(&root.join(log), |m| step_of(m).is_none_or(|s| s <= step))?;
         }
+        tracing::info!(root = %root.display(), step, batches, "run folder reopened; later log lines dropped");
         Self::open(root)
     }
 
@@ -140,6 +142,9 @@ impl RunDir {
                 "advantage": finite(s.advantage),
                 "tokens": s.tokens,
                 "finish_reason": format!("{:?}", s.finish_reason),
+                // The last optimizer iteration's view of this row (see `RowStats`).
+                "loss_term": s.loss.last().map(|r| finite(r.loss)),
+                "mean_ratio": s.loss.last().map(|r| finite(r.mean_ratio)),
             });
             write_line(&mut self.completions, &path, &v)?;
         }
@@ -266,6 +271,7 @@ mod tests {
                 advantage: 0.5,
                 finish_reason: rlzero_rollout::FinishReason::Eos,
                 tokens: 3,
+                loss: Vec::new(),
             }],
         }
     }
