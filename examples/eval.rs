@@ -12,7 +12,7 @@ use std::io::IsTerminal;
 
 use anyhow::Result;
 use clap::Parser;
-use cli::{one_line, reference_text, TaskArgs};
+use cli::{one_line, reference_text, LogArgs, TaskArgs};
 use indicatif::{ProgressBar, ProgressStyle};
 use rlzero::model::WeightMode;
 use rlzero::rollout::SamplingParams;
@@ -24,6 +24,8 @@ use rlzero::run::{evaluate, EvalOptions};
 struct Args {
     #[command(flatten)]
     task: TaskArgs,
+    #[command(flatten)]
+    log: LogArgs,
     /// Sampled completions per question (mean reward, pass@k); 0 for greedy only.
     #[arg(long, default_value_t = 8)]
     samples: usize,
@@ -50,6 +52,7 @@ struct Args {
 fn main() -> Result<()> {
     rlzero::malloc::keep_freed_memory();
     let a = Args::parse();
+    a.log.init()?;
     let m = a.task.load_model(WeightMode::Frozen)?;
     let (_, held_out) = a.task.prompts(&m.tokenizer)?;
     anyhow::ensure!(

@@ -4,6 +4,9 @@
 //!     cargo run --release --example sample
 //!     cargo run --release --example sample -- --model runs/addition-1764500000/final --greedy
 //!     echo "What is 7 + 5?" | cargo run --release --example sample
+#[path = "cli/mod.rs"]
+mod cli;
+
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::Result;
@@ -36,10 +39,13 @@ struct Args {
     /// Seed of the sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[command(flatten)]
+    log: cli::LogArgs,
 }
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    a.log.init()?;
     let opts = LoadOptions {
         mode: WeightMode::Frozen,
         ..LoadOptions::default()

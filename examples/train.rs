@@ -26,14 +26,15 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use cli::{one_line, reference_text, TaskArgs};
+use cli::{one_line, reference_text, LogArgs, TaskArgs};
 use indicatif::{ProgressBar, ProgressStyle};
 use rlzero::grpo::checkpoint::{latest, CheckpointPolicy};
 use rlzero::grpo::{GrpoConfig, LossType, TrainPrompt, Trainer};
 use rlzero::model::export::{save_pretrained, ExportOptions};
 use rlzero::model::lora::LoraConfig;
 use rlzero::model::WeightMode;
-use rlzero::run::ledger::{Ledger, LedgerOptions, R1Reference};
+use rlzero::run::explain::{explain_group, pick_group, ExplainInput};
+use rlzero::run::ledger::{Ledger, LedgerOptions, R1Reference, REFLECTION_PHRASES};
 use rlzero::run::{evaluate, EvalOptions, EvalResult, RunDir};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -46,6 +47,9 @@ use serde_json::{json, Map, Value};
 struct Args {
     #[command(flatten)]
     task: TaskArgs,
+    #[command(flatten)]
+    #[serde(default)]
+    log: LogArgs,
     /// A GrpoConfig TOML file; the flags below override its fields.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -111,19 +115,29 @@ struct Args {
     /// What the run ran on, for the ledger.
     #[arg(long, default_value = "2-vCPU CPU machine")]
     device: String,
+    /// Print one group of step STEP (default 1) number by number: rewards, group mean and
+    /// std, advantages, each completion's ratio, clip, KL and term of the loss, with hand
+    /// checks; also saved as `<run>/explain-step-STEP.txt`.
+    #[arg(long, num_args = 0..=1, default_missing_value = "1", value_name = "STEP")]
+    explain: Option<u64>,
+    /// With --explain: which group (prompt) of the step, from 1 (default: the first whose
+    /// rewards differ, since a group of equal rewards has all advantages 0).
+    #[arg(long, requires = "explain", value_name = "GROUP")]
+    explain_group: Option<usize>,
 }
 
 /// The resolved GRPO config: file or defaults, then the flags.
 fn resolve_config(a: &Args) -> Result<GrpoConfig> {
     let mut c = match &a.config {
         Some(p) => GrpoConfig::from_file(p)?,
-        // Without a file: 4 prompts × 8 completions, forward/backward 8 sequences at a time
-        // (the same update as one pass, a quarter of the activation memory).
+        // Without a file: 4 prompts × 8 completions, forward/backward 2 sequences at a time
+        // (the same update as one pass; candle keeps ~4 MB of activations per token for
+        // SmolLM2's backward, so 8 sequences of 300 tokens at once would need ~11 GB).
         None => GrpoConfig {
             max_steps: 50,
             prompts_per_step: 4,
             num_generations: 8,
-            sequences_per_pass: Some(8),
+            sequences_per_pass: Some(2),
             ..GrpoConfig::default()
         },
     };
@@ -198,6 +212,7 @@ fn describe(e: &EvalResult) -> String {
 fn main() -> Result<()> {
     rlzero::malloc::keep_freed_memory();
     let cli = Args::parse();
+    cli.log.init()?;
     // A resumed run takes the flags it was started with; only --steps may extend it.
     let (a, run_root) = match &cli.resume {
         Some(dir) => {
@@ -298,6 +313,12 @@ fn main() -> Result<()> {
             );
         }
         run.log_step(&report, extra)?;
+        if !m.skipped && a.explain == Some(m.step) {
+            let text = explain(&a, &trainer, &report)?;
+            bar.suspend(|| println!("{text}"));
+            let path = run.path().join(format!("explain-step-{}.txt", m.step));
+            rlzero::model::atomic::write_atomic(&path, text.as_bytes())?;
+        }
         if m.skipped {
             bar.println(format!(
                 "step skipped: {}",
@@ -346,6 +367,30 @@ fn main() -> Result<()> {
         &ckpt,
         &generation,
     )
+}
+
+/// `--explain`: the chosen group of this step, as text.
+fn explain(a: &Args, trainer: &Trainer, report: &rlzero::grpo::StepReport) -> Result<String> {
+    let rewards = a.task.rewards();
+    let group = match a.explain_group {
+        Some(0) => bail!("--explain-group counts from 1"),
+        Some(g) => g - 1,
+        None => pick_group(report).context("--explain: the step trained no completion")?,
+    };
+    let x = ExplainInput {
+        report,
+        config: trainer.config(),
+        reward_names: &rewards.names(),
+        reward_weights: &rewards.weights(),
+        phrases: &REFLECTION_PHRASES,
+    };
+    explain_group(&x, group).with_context(|| {
+        format!(
+            "--explain-group {}: the step has {} groups",
+            group + 1,
+            trainer.config().prompts_per_step
+        )
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -12,6 +12,35 @@ use rlzero::rewards::{Countdown, FormatReward, NumericAnswer, Reference, RewardS
 use rlzero::run::tasks::{Example, Task};
 use serde::{Deserialize, Serialize};
 
+/// Log flags: rlzero's libraries log through `tracing` (model loads, run folders, checkpoints,
+/// skipped steps at info/warn; each step's figures at debug); this installs the subscriber.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+pub struct LogArgs {
+    /// Log level or filter for the stderr log: error, warn, info, debug, trace, or a
+    /// `tracing` filter such as `rlzero_grpo=debug`. Default: `RUST_LOG`, else info.
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+impl LogArgs {
+    /// Installs the stderr subscriber; a bad filter is an error naming the flag.
+    pub fn init(&self) -> Result<()> {
+        use tracing_subscriber::EnvFilter;
+        let filter = match &self.log_level {
+            Some(level) => EnvFilter::try_new(level)
+                .with_context(|| format!("--log-level {level}: not a level or filter"))?,
+            None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        };
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+            .init();
+        Ok(())
+    }
+}
+
 /// The default model: fetched by `./scripts/fetch-models.sh`.
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
