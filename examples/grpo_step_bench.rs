@@ -6,7 +6,9 @@
 //!
 //! `MICRO=k` splits the 8 sequences into k micro-batches (gradient accumulation); `PASS=n` runs
 //! the forward/backward over n sequences at a time inside each micro-batch
-//! (`sequences_per_pass`). Both give the same update with less activation memory.
+//! (`sequences_per_pass`). `RECOMPUTE=1` turns on activation recomputation
+//! (`gradient_checkpointing`: one layer's activations alive at a time, one more forward).
+//! All three give the same update with less activation memory.
 //!
 //!     ./scripts/fetch-models.sh
 //!     cargo run --release --example grpo_step_bench            # or MICRO=4 STEPS=6 …
@@ -51,6 +53,7 @@ fn main() -> Result<()> {
         "#
     ))?;
     cfg.sequences_per_pass = pass;
+    cfg.gradient_checkpointing = std::env::var("RECOMPUTE").is_ok_and(|v| v == "1");
     // The anchor's reward: 1 when the completion contains a + b.
     let rewards = RewardSet::new().with(
         reward_fn("contains_answer", |x: &RewardInput<'_>| {

@@ -215,18 +215,20 @@ fn dynamic_sampling_keeps_only_groups_with_signal() {
     );
 }
 
-/// Activation chunking (`sequences_per_pass`) changes memory, not the update: for every loss
-/// type the chunks' losses sum to the micro-batch's and the gradient is the same.
+/// Activation chunking (`sequences_per_pass`) and activation recomputation
+/// (`gradient_checkpointing`) change memory, not the update: for every loss type the chunks'
+/// losses sum to the micro-batch's and the gradient is the same.
 #[test]
 fn passes_over_chunks_give_the_same_update_for_every_loss_type() {
     use rlzero::grpo::LossType::*;
     for lt in [Grpo, Bnpo, DrGrpo, Dapo, Cispo, Sapo, Luspo, Vespo] {
-        let run = |pass: Option<usize>| {
+        let run = |pass: Option<usize>, recompute: bool| {
             let mut cfg = config();
             cfg.loss.loss_type = lt;
             cfg.loss.beta = 0.04;
             cfg.loss.epsilon_high = Some(if lt == Cispo { 2.0 } else { 0.28 });
             cfg.sequences_per_pass = pass; // micro-batches of 8: chunks of 3, 3, 2
+            cfg.gradient_checkpointing = recompute;
             let mut t = Trainer::new(cfg, tiny(), low_words()).unwrap();
             let m = t.step(&mut prompts()).unwrap().metrics;
             let w = t.policy().named_parameters()[0]
@@ -237,29 +239,36 @@ fn passes_over_chunks_give_the_same_update_for_every_loss_type() {
                 .unwrap();
             (m, w)
         };
-        let (a, wa) = run(None);
-        let (b, wb) = run(Some(3));
-        // On-policy the loss itself is ~0 (advantages are centred): compare it absolutely.
-        let close = |x: f64, y: f64, tol: f64| (x - y).abs() <= 1e-6 + tol * y.abs();
-        assert!(
-            close(a.loss, b.loss, 1e-5),
-            "{lt:?}: loss {} vs chunked {}",
-            a.loss,
-            b.loss
-        );
-        assert!(
-            close(a.grad_norm, b.grad_norm, 1e-4),
-            "{lt:?}: grad norm {} vs {}",
-            a.grad_norm,
-            b.grad_norm
-        );
-        assert_eq!(wa.len(), wb.len());
-        let dw = wa
-            .iter()
-            .zip(&wb)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        assert!(dw < 1e-5, "{lt:?}: weights differ by {dw} after the step");
+        let (a, wa) = run(None, false);
+        for (what, (b, wb)) in [
+            ("chunked", run(Some(3), false)),
+            ("recomputed", run(None, true)),
+        ] {
+            // On-policy the loss itself is ~0 (advantages are centred): compare it absolutely.
+            let close = |x: f64, y: f64, tol: f64| (x - y).abs() <= 1e-6 + tol * y.abs();
+            assert!(
+                close(a.loss, b.loss, 1e-5),
+                "{lt:?}: loss {} vs {what} {}",
+                a.loss,
+                b.loss
+            );
+            assert!(
+                close(a.grad_norm, b.grad_norm, 1e-4),
+                "{lt:?}: grad norm {} vs {what} {}",
+                a.grad_norm,
+                b.grad_norm
+            );
+            assert_eq!(wa.len(), wb.len());
+            let dw = wa
+                .iter()
+                .zip(&wb)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                dw < 1e-5,
+                "{lt:?}: weights differ by {dw} after the {what} step"
+            );
+        }
     }
 }
 

@@ -102,6 +102,15 @@ pub struct GrpoConfig {
     /// metrics (entropy, KL, clip ratios) are then means over passes rather than micro-batches.
     /// `None` (default): the whole micro-batch in one pass, as TRL.
     pub sequences_per_pass: Option<usize>,
+    /// Activation recomputation (transformers' `gradient_checkpointing`): the scoring forward
+    /// keeps only each layer's input and re-runs one layer at a time in the backward pass
+    /// ([`rlzero_model::recompute`]): the same gradients for one more forward, with activation
+    /// memory of one layer instead of all. Default true, as TRL 1.16's `GRPOConfig`
+    /// (transformers' own default is false). On SmolLM2-135M it is also faster on CPU: a
+    /// 8 × 168-token step took 28 s with it and 41 s without (8.2 → 3.0 GiB peak), since the
+    /// plain backward's gigabytes of saved activations cost more in page faults and cache
+    /// misses than the extra forward.
+    pub gradient_checkpointing: bool,
     /// Optimizer steps per generation batch, `μ` (GRPO's inner iterations). Default 1 (TRL).
     pub num_iterations: usize,
     /// Source of the old log-probs when `μ > 1`. Default `rollout` (see [`OldLogprobs`]).
@@ -144,6 +153,7 @@ impl Default for GrpoConfig {
             num_generations: 8,
             gradient_accumulation_steps: 1,
             sequences_per_pass: None,
+            gradient_checkpointing: true,
             num_iterations: 1,
             old_logprobs: OldLogprobs::Rollout,
             scale_rewards: ScaleRewards::Group,

@@ -23,7 +23,8 @@ use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
-use rlzero_model::pack::{completion_logprobs, PackedBatch};
+use rlzero_model::pack::{completion_logprobs, CompletionScores, PackedBatch};
+use rlzero_model::recompute::Recomputed;
 use rlzero_model::{Decoder, LoadedModel, TextTokenizer, WeightMode};
 use rlzero_rewards::RewardSet;
 use rlzero_rollout::{Completion, FinishReason};
@@ -318,8 +319,30 @@ impl Trainer {
                         mb.batch.clone()
                     };
                     let mask = part(&mb.loss_mask)?;
-                    let scores =
-                        completion_logprobs(&self.policy, &batch, cfg.sampling.temperature, true)?;
+                    // With recomputation the log-probs are a leaf of the loss's graph; the
+                    // decoder's gradients come from `Recomputed::backward` below.
+                    let (scores, tape, leaf) = if cfg.gradient_checkpointing {
+                        let r = Recomputed::forward(
+                            &self.policy,
+                            &batch,
+                            cfg.sampling.temperature,
+                            true,
+                        )?;
+                        let leaf = Var::from_tensor(&r.scores.logprobs)?;
+                        let scores = CompletionScores {
+                            logprobs: leaf.as_tensor().clone(),
+                            entropy: r.scores.entropy.clone(),
+                        };
+                        (scores, Some(r), Some(leaf))
+                    } else {
+                        let s = completion_logprobs(
+                            &self.policy,
+                            &batch,
+                            cfg.sampling.temperature,
+                            true,
+                        )?;
+                        (s, None, None)
+                    };
                     let old = mb.old.as_ref().map(&part).transpose()?;
                     let reference = mb.reference.as_ref().map(&part).transpose()?;
                     let out = grpo_loss(
@@ -345,7 +368,16 @@ impl Trainer {
                     }
                     loss_total += loss;
                     let t = Instant::now();
-                    accumulate(&mut grads, out.loss.backward()?, &vars)?;
+                    let mut g = out.loss.backward()?;
+                    if let (Some(tape), Some(leaf)) = (tape, &leaf) {
+                        // No entry: the loss does not depend on these log-probs (all masked).
+                        let d = match g.remove(leaf.as_tensor()) {
+                            Some(d) => d,
+                            None => leaf.zeros_like()?,
+                        };
+                        g = tape.backward(&self.policy, &d)?;
+                    }
+                    accumulate(&mut grads, g, &vars)?;
                     times.backward += t.elapsed().as_secs_f64();
                 }
             }

@@ -76,6 +76,18 @@ impl DecoderLayer {
     }
 }
 
+/// What every layer of one forward reads besides the hidden states.
+pub(crate) struct LayerInputs {
+    /// `(B, T)` u32 token ids.
+    pub ids: Tensor,
+    /// Rotary tables `(B, 1, T, d)`.
+    pub cos: Tensor,
+    /// Rotary tables `(B, 1, T, d)`.
+    pub sin: Tensor,
+    /// Additive attention bias (causal and padding).
+    pub bias: Tensor,
+}
+
 /// A causal LM with weights in HF naming (`model.layers.N.self_attn.q_proj.weight`, …).
 ///
 /// Its fields are private so that the module tree and [`Decoder::named_parameters`] cannot drift
@@ -244,6 +256,20 @@ impl Decoder {
 
     /// Final hidden states `(B, T, hidden)` after the last norm.
     pub fn forward_hidden(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let inputs = self.layer_inputs(input_ids, attention_mask)?;
+        let mut x = self.embed(&inputs)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &inputs.cos, &inputs.sin, &inputs.bias)?;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Checks ids and mask, and builds what every layer reads: rotary tables and the bias.
+    pub(crate) fn layer_inputs(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<LayerInputs> {
         let (b, t) = input_ids.dims2()?;
         if attention_mask.dims() != [b, t] {
             return Err(ModelError::InvalidInput(format!(
@@ -265,14 +291,21 @@ impl Decoder {
         let dtype = self.dtype();
         let (cos, sin) = self.rotary.cos_sin(&mask.positions_tensor(dev)?, dtype)?; // (B, 1, T, d)
         let bias = mask.bias(dtype, dev)?; // (B, 1, 1, T, T)
-        let mut x = self
+        Ok(LayerInputs {
+            ids,
+            cos,
+            sin,
+            bias,
+        })
+    }
+
+    /// Token embeddings `(B, T, hidden)`.
+    pub(crate) fn embed(&self, inputs: &LayerInputs) -> Result<Tensor> {
+        let (b, t) = inputs.ids.dims2()?;
+        Ok(self
             .embed_tokens
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.hidden_size))?; // (B, T, hidden)
-        for layer in &self.layers {
-            x = layer.forward(&x, &cos, &sin, &bias)?;
-        }
-        self.norm.forward(&x)
+            .index_select(&inputs.ids.flatten_all()?, 0)?
+            .reshape((b, t, self.cfg.hidden_size))?) // (B, T, hidden)
     }
 
     /// Logits for the positions in `keep`: `(B, T, V)` or `(B, k, V)`.

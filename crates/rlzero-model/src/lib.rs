@@ -29,6 +29,7 @@ pub mod logprobs;
 pub mod lora;
 pub mod mask;
 pub mod pack;
+pub mod recompute;
 pub mod rope;
 pub mod safetensors_io;
 pub mod tokenizer;

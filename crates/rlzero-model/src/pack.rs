@@ -155,8 +155,20 @@ pub fn completion_logprobs(
     temperature: f64,
     with_entropy: bool,
 ) -> Result<CompletionScores> {
-    let (b, p, c) = (batch.len(), batch.prompt_len, batch.completion_len);
     let h = decoder.forward_hidden(&batch.input_ids, &batch.attention_mask)?; // (B, P+C, H)
+    score_hidden(decoder, &h, batch, temperature, with_entropy)
+}
+
+/// The head of [`completion_logprobs`]: final normed hidden states `(B, P+C, H)` → the
+/// completion tokens' log-probs (and entropies).
+pub(crate) fn score_hidden(
+    decoder: &Decoder,
+    h: &Tensor,
+    batch: &PackedBatch,
+    temperature: f64,
+    with_entropy: bool,
+) -> Result<CompletionScores> {
+    let (b, p, c) = (batch.len(), batch.prompt_len, batch.completion_len);
     let h = h.narrow(1, p - 1, c)?; // (B, C, H): the columns that predict completion tokens
     let hidden = h.dim(2)?;
     let logits = decoder.lm_head.forward(&h.reshape((b * c, hidden))?)?; // (B·C, V)

@@ -1,0 +1,166 @@
+//! Activation recomputation ("gradient checkpointing", Chen et al. 2016, arXiv 1604.06174)
+//! for scoring completions: keep only each layer's input, rebuild one layer's graph at a time
+//! during the backward pass.
+//!
+//! A plain [`completion_logprobs`](crate::pack::completion_logprobs) with gradients keeps every
+//! layer's intermediate tensors alive until `backward()`; on SmolLM2-135M with candle's
+//! unfused ops that is about 4 MB per token. Here the forward runs layer by layer and keeps
+//! only the `(B, T, hidden)` input of each layer, then [`Recomputed::backward`] takes
+//! `g = ∂L/∂logprobs` and walks back: the head first (`norm → lm_head → log-softmax`, with the
+//! last hidden state as a leaf), then each layer `i` from the last, re-running its forward
+//! from the saved input `x_i` and back-propagating `Σ (layer_i(x_i) ⊙ g_{i+1})`, which yields
+//! the layer's weight gradients and `g_i = ∂L/∂x_i`; finally the embedding rows. Peak
+//! activation memory is one layer's graph instead of all of them, for one more forward pass.
+//!
+//! The recomputed forward is the same code on the same inputs, so it reproduces the first
+//! forward exactly; LoRA dropout masks are replayed by rewinding the adapters' call counters.
+//!
+//! ```
+//! # use rlzero_model::{pack::{completion_logprobs, PackedBatch}, recompute::Recomputed, Decoder};
+//! # fn demo(decoder: &Decoder, batch: &PackedBatch) -> rlzero_model::Result<()> {
+//! let r = Recomputed::forward(decoder, batch, 1.0, false)?;
+//! // A loss of the log-probs, here Σ logprobs, so ∂L/∂logprobs = 1:
+//! let g = r.scores.logprobs.ones_like()?;
+//! let grads = r.backward(decoder, &g)?; // gradients of every decoder variable
+//! # Ok(()) }
+//! ```
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+
+use crate::decoder::{Decoder, LayerInputs};
+use crate::error::{ModelError, Result};
+use crate::pack::{score_hidden, CompletionScores, PackedBatch};
+
+/// The result of a recomputing forward: detached scores and what the backward needs.
+pub struct Recomputed {
+    /// `(B, C)` log-probs and entropies, without graph: make the log-probs a leaf (e.g.
+    /// `Var::from_tensor`) to get `∂L/∂logprobs` from the loss.
+    pub scores: CompletionScores,
+    batch: PackedBatch,
+    temperature: f64,
+    inputs: LayerInputs,
+    /// `(B, T, hidden)` input of each layer, then the last layer's output.
+    saved: Vec<Tensor>,
+    /// Each adapter's dropout-call counter before the forward, and after it.
+    dropout_calls: (Vec<u64>, Vec<u64>),
+}
+
+fn add_var_grads(total: &mut GradStore, mut part: GradStore, vars: &[Var]) -> Result<()> {
+    for v in vars {
+        if let Some(g) = part.remove(v.as_tensor()) {
+            let sum = match total.remove(v.as_tensor()) {
+                Some(prev) => (prev + g)?,
+                None => g,
+            };
+            total.insert(v.as_tensor(), sum);
+        }
+    }
+    Ok(())
+}
+
+/// `Σ (y ⊙ g)`: a scalar whose gradient w.r.t. `y` is `g`.
+fn dot(y: &Tensor, g: &Tensor) -> Result<Tensor> {
+    Ok((y * g)?.sum_all()?)
+}
+
+impl Recomputed {
+    /// Scores `batch` like [`completion_logprobs`](crate::pack::completion_logprobs), keeping
+    /// only each layer's input for [`Recomputed::backward`].
+    pub fn forward(
+        decoder: &Decoder,
+        batch: &PackedBatch,
+        temperature: f64,
+        with_entropy: bool,
+    ) -> Result<Self> {
+        let before = decoder.lora_dropout_calls();
+        let inputs = decoder.layer_inputs(&batch.input_ids, &batch.attention_mask)?;
+        let mut x = decoder.embed(&inputs)?.detach();
+        let mut saved = Vec::with_capacity(decoder.layers.len() + 1);
+        for layer in &decoder.layers {
+            let y = layer
+                .forward(&x, &inputs.cos, &inputs.sin, &inputs.bias)?
+                .detach(); // drops this layer's graph
+            saved.push(x);
+            x = y;
+        }
+        saved.push(x);
+        let last = saved.last().ok_or_else(|| {
+            ModelError::InvalidInput("recomputation needs at least one layer".into())
+        })?;
+        let h = decoder.norm.forward(last)?;
+        let scores = score_hidden(decoder, &h, batch, temperature, with_entropy)?;
+        let scores = CompletionScores {
+            logprobs: scores.logprobs.detach(),
+            entropy: scores.entropy.map(|e| e.detach()),
+        };
+        Ok(Self {
+            scores,
+            batch: batch.clone(),
+            temperature,
+            inputs,
+            saved,
+            dropout_calls: (before, decoder.lora_dropout_calls()),
+        })
+    }
+
+    /// Gradients of every variable of `decoder` (the one given to [`Recomputed::forward`],
+    /// unchanged since) for a loss whose gradient w.r.t. `scores.logprobs` is `grad`
+    /// `(B, C)`: what `loss.backward()` would give without recomputation.
+    pub fn backward(self, decoder: &Decoder, grad: &Tensor) -> Result<GradStore> {
+        let want = self.scores.logprobs.dims();
+        if grad.dims() != want {
+            return Err(ModelError::InvalidInput(format!(
+                "gradient of the log-probs is {:?}, the log-probs {want:?}",
+                grad.dims()
+            )));
+        }
+        let vars = decoder.vars()?;
+        let grad = grad.to_dtype(decoder.dtype())?.detach();
+        let mut total = GradStore::default();
+        let (saved_in, replay_end) = self.dropout_calls;
+        let n = decoder.layers.len();
+
+        // The head: norm → lm_head → log-softmax, from the last hidden state as a leaf.
+        let x = Var::from_tensor(&self.saved[n])?;
+        let h = decoder.norm.forward(x.as_tensor())?;
+        let lp = score_hidden(decoder, &h, &self.batch, self.temperature, false)?.logprobs;
+        let mut part = dot(&lp, &grad)?.backward()?;
+        let mut g = part
+            .remove(x.as_tensor())
+            .ok_or_else(|| missing("the last layer"))?;
+        add_var_grads(&mut total, part, &vars)?;
+
+        // The layers, last first: re-run each from its saved input.
+        for i in (0..n).rev() {
+            decoder.set_lora_dropout_calls(&saved_in)?; // replay the forward's masks
+            let x = Var::from_tensor(&self.saved[i])?;
+            let y = decoder.layers[i].forward(
+                x.as_tensor(),
+                &self.inputs.cos,
+                &self.inputs.sin,
+                &self.inputs.bias,
+            )?;
+            let mut part = dot(&y, &g)?.backward()?;
+            g = part
+                .remove(x.as_tensor())
+                .ok_or_else(|| missing(&format!("layer {i}")))?;
+            add_var_grads(&mut total, part, &vars)?;
+        }
+        decoder.set_lora_dropout_calls(&replay_end)?;
+
+        // The embedding rows (trainable only when every weight is; tied to lm_head, the two
+        // gradients add).
+        if decoder.embed_tokens.is_variable() {
+            let e = decoder.embed(&self.inputs)?;
+            add_var_grads(&mut total, dot(&e, &g)?.backward()?, &vars)?;
+        }
+        Ok(total)
+    }
+}
+
+fn missing(what: &str) -> ModelError {
+    ModelError::InvalidInput(format!(
+        "no gradient reached the input of {what} during recomputation"
+    ))
+}
