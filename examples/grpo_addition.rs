@@ -101,14 +101,19 @@ fn main() -> Result<()> {
     shuffle(&mut pairs, 1234);
     let (held_out, train) = pairs.split_at(40);
 
-    let cfg = GrpoConfig::from_toml_str(&format!(
+    // MICRO=k micro-batches (default 1): the same update as one batch of 32 (TRL's
+    // per_device_train_batch_size=32). RECOMPUTE=0 turns activation recomputation off; then
+    // MICRO=4 is the fastest setting (28.5 s/step and 6.4 GiB peak against 32 s and 3.0 GiB
+    // with recomputation and MICRO=1, measured back to back).
+    let env = |k: &str| std::env::var(k).ok();
+    let micro: usize = env("MICRO").map(|v| v.parse()).transpose()?.unwrap_or(1);
+    let recompute = env("RECOMPUTE").is_none_or(|v| v != "0");
+    let mut cfg = GrpoConfig::from_toml_str(&format!(
         r#"
         max_steps = {steps}
         prompts_per_step = 4
         num_generations = 8
-        # 4 micro-batches of 8 sequences: the same update as one batch of 32 (TRL's
-        # per_device_train_batch_size=32), a quarter of the activation memory.
-        gradient_accumulation_steps = 4
+        gradient_accumulation_steps = {micro}
         [sampling]
         max_completion_length = 24
         temperature = 1.0
@@ -121,6 +126,7 @@ fn main() -> Result<()> {
         type = "constant"
         "#
     ))?;
+    cfg.gradient_checkpointing = recompute;
     let rewards = RewardSet::new().with(
         reward_fn("correct", |x: &RewardInput<'_>| {
             let Reference::Answer(a) = x.reference else {

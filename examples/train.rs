@@ -13,6 +13,10 @@
 //! every `--eval-every` steps, and after), `checkpoints/`, `plots/*.svg`, `report.html`, and
 //! the trained model in transformers' layout under `final/`.
 //!
+//! `--explain [STEP]` prints one group of step STEP (default 1) number by number, so the GRPO
+//! arithmetic can be redone by hand (README, "Explain one step"), and saves it as
+//! `<run>/explain-step-STEP.txt`. `--log-level` sets the `tracing` log on stderr.
+//!
 //! `--resume RUN` continues a run from its newest checkpoint with the flags it was started
 //! with (stored in `run.json`), exactly as if it had not stopped. Only `--steps` may change, to
 //! extend the run; that moves the end of the LR schedule (the default decays linearly to 0 at
