@@ -106,11 +106,11 @@ pub struct GrpoConfig {
     /// keeps only each layer's input and re-runs one layer at a time in the backward pass
     /// ([`rlzero_model::recompute`]): the same gradients for one more forward, with activation
     /// memory of one layer instead of all. Default true, as TRL 1.16's `GRPOConfig`
-    /// (transformers' own default is false). Measured on SmolLM2-135M, 2 CPU cores: with
-    /// long sequences it is also faster (8 × 168 tokens: 28 s and 3.0 GiB peak against 41 s
-    /// and 8.2 GiB, the plain backward's saved activations costing more than the extra
-    /// forward); with short ones it costs time (32 × 64 tokens: 32 s and 3.0 GiB against
-    /// 28.5 s and 6.4 GiB for the best plain setting, 4 micro-batches).
+    /// (transformers' own default is false). Measured on SmolLM2-135M, 2 CPU cores, per step:
+    /// 8 × 168 tokens, 28–31 s and 3.0 GiB peak, against 41 s and 8.2 GiB for one plain pass
+    /// (whose saved activations cost more in page faults than the extra forward) and 28 s and
+    /// 5.7 GiB for 4 plain micro-batches; 32 × 64 tokens, 32 s and 3.0 GiB against 28.5 s and
+    /// 6.4 GiB for 4 plain micro-batches. It is the memory-safe default, not always the fastest.
     pub gradient_checkpointing: bool,
     /// Optimizer steps per generation batch, `μ` (GRPO's inner iterations). Default 1 (TRL).
     pub num_iterations: usize,
