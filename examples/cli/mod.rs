@@ -96,6 +96,11 @@ pub struct TaskArgs {
     /// the last number).
     #[arg(long, default_value_t = 0.0)]
     pub format_weight: f64,
+    /// Strict answers: only a bare number inside the last <answer></answer> counts (no `####`,
+    /// \boxed{} or last-number fallback), so the model must learn the format too.
+    #[arg(long)]
+    #[serde(default)]
+    pub strict_answer: bool,
 }
 
 impl TaskArgs {
@@ -152,6 +157,7 @@ impl TaskArgs {
     pub fn rewards(&self) -> RewardSet {
         let set = match self.task {
             TaskKind::Countdown => RewardSet::new().with(Countdown::default(), 1.0),
+            _ if self.strict_answer => RewardSet::new().with(NumericAnswer::strict(), 1.0),
             _ => RewardSet::new().with(NumericAnswer::default(), 1.0),
         };
         if self.format_weight > 0.0 {

@@ -25,20 +25,38 @@
 
 use crate::extract::extract_number_with;
 use crate::input::{Reference, RewardInput};
+use crate::number::parse_number;
 use crate::reward::Reward;
 use crate::tags::TagPair;
 
-/// Numeric correctness against a [`Reference::Answer`]. Default: `<answer>` tags.
+/// Numeric correctness against a [`Reference::Answer`]. Default: `<answer>` tags, lenient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NumericAnswer {
     /// Tags around the final answer (strategy 1 of the extraction).
     pub answer: TagPair,
+    /// Strict format: only the content of the last `answer` tag pair counts, and it must be a
+    /// number by itself (`<answer> 72 </answer>`); no fallback to `####`, `\boxed{}` or the
+    /// last number. Default false. A recipe that wants the model to learn the format, not
+    /// only the arithmetic, turns this on (R1-Zero's rule-based accuracy reward required the
+    /// answer in a given place).
+    pub strict: bool,
+}
+
+impl NumericAnswer {
+    /// The strict variant (see [`NumericAnswer::strict`]) with `<answer>` tags.
+    pub fn strict() -> Self {
+        Self {
+            strict: true,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for NumericAnswer {
     fn default() -> Self {
         Self {
             answer: TagPair::answer(),
+            strict: false,
         }
     }
 }
@@ -53,8 +71,14 @@ impl Reward for NumericAnswer {
             return None;
         };
         let gold = extract_number_with(reference, &self.answer)?;
-        let correct =
-            extract_number_with(input.completion, &self.answer).is_some_and(|n| n.matches(&gold));
+        let answer = if self.strict {
+            self.answer
+                .last_content(input.completion)
+                .and_then(|c| parse_number(c.trim()))
+        } else {
+            extract_number_with(input.completion, &self.answer)
+        };
+        let correct = answer.is_some_and(|n| n.matches(&gold));
         Some(if correct { 1.0 } else { 0.0 })
     }
 }
@@ -66,6 +90,29 @@ mod tests {
     fn score(completion: &str, reference: &str) -> Option<f64> {
         let r = Reference::Answer(reference.into());
         NumericAnswer::default().score(&RewardInput::new("", completion, &r))
+    }
+
+    #[test]
+    fn strict_takes_only_a_bare_number_in_the_last_answer_tags() {
+        let r = Reference::Answer("#### 72".into());
+        let s = |c: &str| NumericAnswer::strict().score(&RewardInput::new("", c, &r));
+        assert_eq!(s("<answer> 72 </answer>"), Some(1.0));
+        assert_eq!(
+            s("<answer>71</answer> then <answer>72.0</answer>"),
+            Some(1.0)
+        );
+        assert_eq!(s("<answer>72</answer> then <answer>71</answer>"), Some(0.0));
+        assert_eq!(s("The answer is 72."), Some(0.0), "no tags");
+        assert_eq!(
+            s("<answer>It is 72</answer>"),
+            Some(0.0),
+            "not a bare number"
+        );
+        assert_eq!(s("\\boxed{72} #### 72"), Some(0.0), "no fallback");
+        // The lenient default accepts all but the tagged wrong answers.
+        let l = |c: &str| score(c, "#### 72");
+        assert_eq!(l("The answer is 72."), Some(1.0));
+        assert_eq!(l("<answer>It is 72</answer>"), Some(1.0));
     }
 
     #[test]
