@@ -243,7 +243,19 @@ fn main() -> Result<()> {
             (cli.clone(), root)
         }
     };
-    let cfg = resolve_config(&a)?;
+    // A resumed run keeps the config it was started with (its saved config.toml, so a changed
+    // default cannot alter it); only --steps may extend it.
+    let cfg = match &cli.resume {
+        Some(dir) => {
+            let mut c = GrpoConfig::from_file(&dir.join("config.toml"))?;
+            if let Some(steps) = cli.steps {
+                c.max_steps = steps;
+            }
+            c.validate()?;
+            c
+        }
+        None => resolve_config(&a)?,
+    };
     let toml = cfg.to_toml_string()?;
     println!("== resolved config\n{toml}");
 
@@ -317,17 +329,32 @@ fn main() -> Result<()> {
             );
         }
         run.log_step(&report, extra)?;
-        if !m.skipped && a.explain == Some(m.step) {
-            let text = explain(&a, &trainer, &report)?;
-            bar.suspend(|| println!("{text}"));
-            let path = run.path().join(format!("explain-step-{}.txt", m.step));
-            rlzero::model::atomic::write_atomic(&path, text.as_bytes())?;
+        // With μ = num_iterations > 1 one call advances `step` by μ: explain the call that
+        // covered STEP. (Taken from this command line, so a resumed run can be explained too.)
+        let first = m.step.saturating_sub(m.iterations as u64);
+        if let Some(want) = cli.explain.filter(|&s| s > first && s <= m.step) {
+            if m.skipped {
+                say(
+                    &bar,
+                    format!("--explain {want}: that step was skipped, nothing to explain"),
+                );
+            } else {
+                // A bad group number must not end a training run: say so and go on.
+                match explain(&a, cli.explain_group, &trainer, &report) {
+                    Ok(text) => {
+                        bar.suspend(|| println!("{text}"));
+                        let path = run.path().join(format!("explain-step-{want}.txt"));
+                        rlzero::model::atomic::write_atomic(&path, text.as_bytes())?;
+                    }
+                    Err(e) => say(&bar, format!("--explain {want}: {e:#}")),
+                }
+            }
         }
         if m.skipped {
-            bar.println(format!(
-                "step skipped: {}",
-                m.skip_reason.as_deref().unwrap_or("?")
-            ));
+            say(
+                &bar,
+                format!("step skipped: {}", m.skip_reason.as_deref().unwrap_or("?")),
+            );
             continue;
         }
         bar.set_position(m.step);
@@ -344,13 +371,16 @@ fn main() -> Result<()> {
         if a.eval_every > 0 && m.step % a.eval_every == 0 && m.step < total && !held_out.is_empty()
         {
             let e = run_eval(&trainer, &held_out, &a, &eos)?;
-            bar.println(format!("step {}: held-out {}", m.step, describe(&e)));
+            say(&bar, format!("step {}: held-out {}", m.step, describe(&e)));
             run.log_eval(m.step, &Value::Object(e.to_json()))?;
             if ckpt.save_if_best(&trainer, e.greedy_accuracy, true)? {
-                bar.println(format!(
-                    "step {}: new best held-out accuracy, saved to checkpoints/best",
-                    m.step
-                ));
+                say(
+                    &bar,
+                    format!(
+                        "step {}: new best held-out accuracy, saved to checkpoints/best",
+                        m.step
+                    ),
+                );
             }
         }
         ckpt.maybe_save(&trainer, Value::Null)?;
@@ -373,10 +403,25 @@ fn main() -> Result<()> {
     )
 }
 
+/// Prints above the progress bar, or plainly when the bar is hidden (output not a terminal:
+/// indicatif drops `println` on a hidden bar).
+fn say(bar: &ProgressBar, msg: String) {
+    if bar.is_hidden() {
+        println!("{msg}");
+    } else {
+        bar.println(msg);
+    }
+}
+
 /// `--explain`: the chosen group of this step, as text.
-fn explain(a: &Args, trainer: &Trainer, report: &rlzero::grpo::StepReport) -> Result<String> {
+fn explain(
+    a: &Args,
+    group: Option<usize>,
+    trainer: &Trainer,
+    report: &rlzero::grpo::StepReport,
+) -> Result<String> {
     let rewards = a.task.rewards();
-    let group = match a.explain_group {
+    let group = match group {
         Some(0) => bail!("--explain-group counts from 1"),
         Some(g) => g - 1,
         None => pick_group(report).context("--explain: the step trained no completion")?,
@@ -388,11 +433,16 @@ fn explain(a: &Args, trainer: &Trainer, report: &rlzero::grpo::StepReport) -> Re
         reward_weights: &rewards.weights(),
         phrases: &REFLECTION_PHRASES,
     };
+    let groups = report
+        .samples
+        .iter()
+        .map(|s| s.prompt_index + 1)
+        .max()
+        .unwrap_or(0);
     explain_group(&x, group).with_context(|| {
         format!(
-            "--explain-group {}: the step has {} groups",
-            group + 1,
-            trainer.config().prompts_per_step
+            "--explain-group {}: the step trained {groups} groups",
+            group + 1
         )
     })
 }

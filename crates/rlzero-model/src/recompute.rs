@@ -10,7 +10,8 @@
 //! last hidden state as a leaf), then each layer `i` from the last, re-running its forward
 //! from the saved input `x_i` and back-propagating `Σ (layer_i(x_i) ⊙ g_{i+1})`, which yields
 //! the layer's weight gradients and `g_i = ∂L/∂x_i`; finally the embedding rows. Peak
-//! activation memory is one layer's graph instead of all of them, for one more forward pass.
+//! activation memory is one layer's graph (or the head's, with its `(B·C, V)` logits) instead
+//! of all of them, for one more forward pass.
 //!
 //! The recomputed forward is the same code on the same inputs, so it reproduces the first
 //! forward exactly; LoRA dropout masks are replayed by rewinding the adapters' call counters.
@@ -40,8 +41,10 @@ pub struct Recomputed {
     batch: PackedBatch,
     temperature: f64,
     inputs: LayerInputs,
-    /// `(B, T, hidden)` input of each layer, then the last layer's output.
+    /// `(B, T, hidden)` input of each layer.
     saved: Vec<Tensor>,
+    /// `(B, T, hidden)` output of the last layer (before the final norm).
+    last: Tensor,
     /// Each adapter's dropout-call counter before the forward, and after it.
     dropout_calls: (Vec<u64>, Vec<u64>),
 }
@@ -76,7 +79,7 @@ impl Recomputed {
         let before = decoder.lora_dropout_calls();
         let inputs = decoder.layer_inputs(&batch.input_ids, &batch.attention_mask)?;
         let mut x = decoder.embed(&inputs)?.detach();
-        let mut saved = Vec::with_capacity(decoder.layers.len() + 1);
+        let mut saved = Vec::with_capacity(decoder.layers.len());
         for layer in &decoder.layers {
             let y = layer
                 .forward(&x, &inputs.cos, &inputs.sin, &inputs.bias)?
@@ -84,11 +87,7 @@ impl Recomputed {
             saved.push(x);
             x = y;
         }
-        saved.push(x);
-        let last = saved.last().ok_or_else(|| {
-            ModelError::InvalidInput("recomputation needs at least one layer".into())
-        })?;
-        let h = decoder.norm.forward(last)?;
+        let h = decoder.norm.forward(&x)?;
         let scores = score_hidden(decoder, &h, batch, temperature, with_entropy)?;
         let scores = CompletionScores {
             logprobs: scores.logprobs.detach(),
@@ -100,6 +99,7 @@ impl Recomputed {
             temperature,
             inputs,
             saved,
+            last: x,
             dropout_calls: (before, decoder.lora_dropout_calls()),
         })
     }
@@ -107,7 +107,7 @@ impl Recomputed {
     /// Gradients of every variable of `decoder` (the one given to [`Recomputed::forward`],
     /// unchanged since) for a loss whose gradient w.r.t. `scores.logprobs` is `grad`
     /// `(B, C)`: what `loss.backward()` would give without recomputation.
-    pub fn backward(self, decoder: &Decoder, grad: &Tensor) -> Result<GradStore> {
+    pub fn backward(mut self, decoder: &Decoder, grad: &Tensor) -> Result<GradStore> {
         let want = self.scores.logprobs.dims();
         if grad.dims() != want {
             return Err(ModelError::InvalidInput(format!(
@@ -119,39 +119,53 @@ impl Recomputed {
         let grad = grad.to_dtype(decoder.dtype())?.detach();
         let mut total = GradStore::default();
         let (saved_in, replay_end) = self.dropout_calls;
-        let n = decoder.layers.len();
+        // Layer 0's input needs a gradient only when the embedding rows are trained (every
+        // weight trainable; tied to lm_head, the two gradients add).
+        let embedding_trained = decoder.embed_tokens.is_variable();
 
-        // The head: norm → lm_head → log-softmax, from the last hidden state as a leaf.
-        let x = Var::from_tensor(&self.saved[n])?;
-        let h = decoder.norm.forward(x.as_tensor())?;
-        let lp = score_hidden(decoder, &h, &self.batch, self.temperature, false)?.logprobs;
-        let mut part = dot(&lp, &grad)?.backward()?;
-        let mut g = part
-            .remove(x.as_tensor())
-            .ok_or_else(|| missing("the last layer"))?;
-        add_var_grads(&mut total, part, &vars)?;
+        // The head: norm → lm_head → log-softmax, from the last hidden state as a leaf. Its
+        // own scope, so the (B·C, V) logits its graph holds are freed before the layers run.
+        let mut g = {
+            let x = Var::from_tensor(&self.last)?;
+            let h = decoder.norm.forward(x.as_tensor())?;
+            let lp = score_hidden(decoder, &h, &self.batch, self.temperature, false)?.logprobs;
+            let mut part = dot(&lp, &grad)?.backward()?;
+            let g = part
+                .remove(x.as_tensor())
+                .ok_or_else(|| missing("the final norm"))?;
+            add_var_grads(&mut total, part, &vars)?;
+            g
+        };
 
-        // The layers, last first: re-run each from its saved input.
-        for i in (0..n).rev() {
+        // The layers, last first: re-run each from its saved input, freed once used.
+        while let Some(input) = self.saved.pop() {
+            let i = self.saved.len();
             decoder.set_lora_dropout_calls(&saved_in)?; // replay the forward's masks
-            let x = Var::from_tensor(&self.saved[i])?;
+            let need_input_grad = i > 0 || embedding_trained;
+            let leaf = if need_input_grad {
+                Some(Var::from_tensor(&input)?)
+            } else {
+                None
+            };
+            let x = leaf.as_ref().map_or(&input, |v| v.as_tensor());
             let y = decoder.layers[i].forward(
-                x.as_tensor(),
+                x,
                 &self.inputs.cos,
                 &self.inputs.sin,
                 &self.inputs.bias,
             )?;
             let mut part = dot(&y, &g)?.backward()?;
-            g = part
-                .remove(x.as_tensor())
-                .ok_or_else(|| missing(&format!("layer {i}")))?;
+            if let Some(leaf) = &leaf {
+                g = part
+                    .remove(leaf.as_tensor())
+                    .ok_or_else(|| missing(&format!("layer {i}")))?;
+            }
             add_var_grads(&mut total, part, &vars)?;
         }
         decoder.set_lora_dropout_calls(&replay_end)?;
 
-        // The embedding rows (trainable only when every weight is; tied to lm_head, the two
-        // gradients add).
-        if decoder.embed_tokens.is_variable() {
+        // The embedding rows.
+        if embedding_trained {
             let e = decoder.embed(&self.inputs)?;
             add_var_grads(&mut total, dot(&e, &g)?.backward()?, &vars)?;
         }

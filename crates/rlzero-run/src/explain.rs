@@ -97,6 +97,10 @@ fn loss_formula(cfg: &GrpoConfig) -> String {
         IsLevel::Token => "w = exp(ℓ − ℓ_old) per token",
         IsLevel::Sequence => "w = one weight per sequence (GSPO)",
     };
+    let level = match l.delta {
+        Some(d) => format!("{level}, the unclipped w capped at δ = {d}"),
+        None => level.to_string(),
+    };
     let kl = if l.beta > 0.0 {
         format!(" + {}·KL", l.beta)
     } else {
@@ -202,7 +206,8 @@ pub fn explain_group(x: &ExplainInput<'_>, group: usize) -> Option<String> {
         let _ = writeln!(
             o,
             "({iterations} optimizer iterations on this batch; ratio, clip, KL and L_i are the \
-             last one's: the first is on-policy, w = 1)"
+             last one's; the first starts on-policy, w = 1, or ≈ 1 with the rollout's \
+             log-probs as old policy)"
         );
     }
 
@@ -229,7 +234,7 @@ pub fn explain_group(x: &ExplainInput<'_>, group: usize) -> Option<String> {
                     opt(r.kl, 5),
                     format!("{:.1}", r.denominator),
                     format!("{:+.6}", r.loss),
-                    (iterations <= 1 && cfg.loss.beta == 0.0)
+                    (cfg.num_iterations == 1 && cfg.loss.beta == 0.0)
                         .then(|| hand_term(cfg, s, r.tokens, r.denominator))
                         .flatten()
                         .map_or_else(|| "–".to_string(), |h| format!("{h:+.6}")),
