@@ -134,14 +134,16 @@ struct Args {
 fn resolve_config(a: &Args) -> Result<GrpoConfig> {
     let mut c = match &a.config {
         Some(p) => GrpoConfig::from_file(p)?,
-        // Without a file: 4 prompts × 8 completions, forward/backward 2 sequences at a time
-        // (the same update as one pass; candle keeps ~4 MB of activations per token for
-        // SmolLM2's backward, so 8 sequences of 300 tokens at once would need ~11 GB).
+        // Without a file: 4 prompts × 8 completions, forward/backward 8 sequences at a time
+        // (the same update as one pass) with activation recomputation (the default): without
+        // it candle keeps ~4 MB of activations per token for SmolLM2's backward, and 8
+        // sequences of 300 tokens needed over 24 GB; with it, one layer's at a time plus the
+        // pass's (8·C, V) logits.
         None => GrpoConfig {
             max_steps: 50,
             prompts_per_step: 4,
             num_generations: 8,
-            sequences_per_pass: Some(2),
+            sequences_per_pass: Some(8),
             ..GrpoConfig::default()
         },
     };
