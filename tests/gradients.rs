@@ -212,6 +212,16 @@ fn autograd_matches_finite_differences_in_f64() {
     }
 }
 
+/// `max |t|` of an f64 tensor.
+fn max_abs(t: &Tensor) -> f64 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
 /// Activation recomputation (`rlzero::model::recompute`) gives the gradients a plain backward
 /// gives, for full fine-tuning (tied and untied embeddings) and for LoRA with dropout, whose
 /// masks it must replay.
@@ -281,21 +291,7 @@ fn recomputation_gives_the_same_gradients() {
                 let b = got
                     .get(v.as_tensor())
                     .unwrap_or_else(|| panic!("{case}: no recomputed gradient for {pname}"));
-                let scale = a
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap();
-                let diff = (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap();
+                let (scale, diff) = (max_abs(a), max_abs(&(a - b).unwrap()));
                 assert!(
                     diff <= 1e-12 * (1.0 + scale),
                     "{case}: {pname} differs by {diff} (scale {scale})"
