@@ -24,7 +24,7 @@ use std::time::Instant;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use rlzero_model::pack::{completion_logprobs, CompletionScores, PackedBatch};
-use rlzero_model::recompute::Recomputed;
+use rlzero_model::recompute::{add_var_grads, Recomputed};
 use rlzero_model::{Decoder, LoadedModel, TextTokenizer, WeightMode};
 use rlzero_rewards::RewardSet;
 use rlzero_rollout::{Completion, FinishReason};
@@ -377,7 +377,7 @@ impl Trainer {
                         };
                         g = tape.backward(&self.policy, &d)?;
                     }
-                    accumulate(&mut grads, g, &vars)?;
+                    add_var_grads(grads.get_or_insert_with(GradStore::default), g, &vars)?;
                     times.backward += t.elapsed().as_secs_f64();
                 }
             }
@@ -545,23 +545,4 @@ fn padded_logprobs(rows: &[Completion], c: usize, dev: &candle_core::Device) -> 
             .copy_from_slice(&r.logprobs[..r.logprobs.len().min(c)]);
     }
     Ok(Tensor::from_vec(data, (rows.len(), c), dev)?)
-}
-
-/// Adds one micro-batch's variable gradients into the running sum.
-fn accumulate(total: &mut Option<GradStore>, mut new: GradStore, vars: &[Var]) -> Result<()> {
-    match total {
-        None => *total = Some(new),
-        Some(t) => {
-            for v in vars {
-                if let Some(g) = new.remove(v.as_tensor()) {
-                    let sum = match t.remove(v.as_tensor()) {
-                        Some(prev) => (prev + g)?,
-                        None => g,
-                    };
-                    t.insert(v.as_tensor(), sum);
-                }
-            }
-        }
-    }
-    Ok(())
 }

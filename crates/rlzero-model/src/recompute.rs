@@ -49,7 +49,9 @@ pub struct Recomputed {
     dropout_calls: (Vec<u64>, Vec<u64>),
 }
 
-fn add_var_grads(total: &mut GradStore, mut part: GradStore, vars: &[Var]) -> Result<()> {
+/// Adds the gradients `part` holds for `vars` into `total` (summing where both have one);
+/// every other entry of `part` is dropped. Also how a trainer accumulates micro-batches.
+pub fn add_var_grads(total: &mut GradStore, mut part: GradStore, vars: &[Var]) -> Result<()> {
     for v in vars {
         if let Some(g) = part.remove(v.as_tensor()) {
             let sum = match total.remove(v.as_tensor()) {
