@@ -140,6 +140,40 @@ fn entropy_matches_its_definition() {
     }
 }
 
+/// Half-precision logits (and every non-CPU device) take the path composed of candle ops, in
+/// f32: it must give what the fused f32 kernel gives on the same (bf16-rounded) numbers.
+#[test]
+fn half_precision_logits_take_the_composed_path_in_f32() {
+    let (n, v, t) = (9, 41, 0.8);
+    let zh = Var::from_tensor(&logits(n, v, DType::BF16)).unwrap();
+    let zf = Var::from_tensor(&zh.to_dtype(DType::F32).unwrap()).unwrap();
+    let y = Tensor::from_vec(
+        (0..n as u32).map(|i| (i * 7) % v as u32).collect::<Vec<_>>(),
+        n,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let ours = selective_log_softmax(zh.as_tensor(), &y, t).unwrap();
+    assert_eq!(ours.dtype(), DType::F32, "log-probs of bf16 logits come back in f32");
+    let want = selective_log_softmax(zf.as_tensor(), &y, t).unwrap();
+    let diff = common::max_abs_diff(&ours, &want);
+    assert!(diff < 1e-5, "values differ by {diff}");
+    let w = Tensor::from_vec((0..n).map(|i| i as f32 - 4.0).collect::<Vec<_>>(), n, &Device::Cpu)
+        .unwrap();
+    let gh = ours.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+    let gf = want.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+    let gh = gh.get(&zh).expect("grad").to_dtype(DType::F32).unwrap();
+    let gf = gf.get(&zf).expect("grad");
+    // The bf16 gradient is rounded to 8 bits of mantissa: |g| ≤ 4/τ, so ~2e-2 absolute.
+    let diff = common::max_abs_diff(&gh, gf);
+    assert!(diff < 2.5e-2, "gradients differ by {diff}");
+    let he = entropy(zh.as_tensor(), t).unwrap();
+    let fe = entropy(zf.as_tensor(), t).unwrap();
+    assert_eq!(he.dtype(), DType::F32);
+    let diff = common::max_abs_diff(&he, &fe);
+    assert!(diff < 1e-5, "entropies differ by {diff}");
+}
+
 #[test]
 fn bad_inputs_are_typed_errors() {
     let z = logits(2, 5, DType::F32);

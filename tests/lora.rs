@@ -15,7 +15,7 @@ use rlzero::model::{
     load, Decoder, LoadOptions, LogitsToKeep, LoraAdapter, LoraConfig, ModelError, ModelSource,
     TargetModule, WeightMode,
 };
-use rlzero::rollout::{rollout, RolloutError, SamplingParams};
+use rlzero::rollout::{rollout, rollout_on, RolloutBackend, RolloutError, SamplingParams};
 
 /// `Σ_{b,t real} Σ_v log_softmax(logits)[b,t,v] · R[b,t,v]`: touches every logit (as in
 /// tests/gradients.rs).
@@ -373,8 +373,11 @@ fn config_defaults_and_validation() -> Result<()> {
     Ok(())
 }
 
+/// The fast CPU path refuses unmerged adapters (it reads `Linear::weight` only); `Auto` then
+/// takes the tensor path, which runs them: both it and the merged fast path sample from the
+/// adapted policy.
 #[test]
-fn rollouts_refuse_unmerged_adapters() -> Result<()> {
+fn rollouts_run_adapters_merged_or_on_the_tensor_path() -> Result<()> {
     let opts = LoadOptions {
         mode: WeightMode::Frozen,
         ..LoadOptions::default()
@@ -389,21 +392,34 @@ fn rollouts_refuse_unmerged_adapters() -> Result<()> {
     let sample = |d: &Decoder| rollout(d, &lm.tokenizer, &prompts, 2, &p, 0);
     let base = sample(&lm.decoder)?;
     lm.decoder.add_lora(&LoraConfig::default())?;
-    let err = sample(&lm.decoder).unwrap_err();
+    let err = rollout_on(
+        RolloutBackend::FastCpu,
+        &lm.decoder,
+        &lm.tokenizer,
+        &prompts,
+        2,
+        &p,
+        0,
+    )
+    .unwrap_err();
     assert!(matches!(err, RolloutError::AdaptersNotMerged), "{err}");
     assert!(err.to_string().contains("Decoder::merged()"));
     // B = 0: the merged model samples what the base samples.
     assert_eq!(sample(&lm.decoder.merged()?)?, base);
-    // Trained adapters: the merged rollout's log-probs are the adapted trainer's.
+    // Trained adapters: the merged rollout's log-probs are the adapted trainer's, and the tensor
+    // path on the unmerged adapters gives the same tokens.
     perturb_b(&lm.decoder, 0.2)?;
     let out = sample(&lm.decoder.merged()?)?;
     assert_ne!(out, base);
-    for c in &out {
+    let unmerged = sample(&lm.decoder)?;
+    for (c, u) in out.iter().zip(&unmerged) {
+        assert_eq!(c.token_ids, u.token_ids);
         let prompt = &prompts[c.prompt_index];
         let want = common::trainer_logprobs(&lm.decoder, prompt, &c.token_ids, 1.0);
         assert_eq!(c.logprobs.len(), want.len());
-        for (a, b) in c.logprobs.iter().zip(&want) {
+        for ((a, u), b) in c.logprobs.iter().zip(&u.logprobs).zip(&want) {
             assert!((a - b).abs() <= 1e-4, "rollout {a} vs adapted trainer {b}");
+            assert!((u - b).abs() <= 1e-4, "tensor path {u} vs adapted trainer {b}");
         }
     }
     Ok(())

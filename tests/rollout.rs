@@ -5,7 +5,9 @@ mod common;
 
 use common::fixtures;
 use rlzero::model::{load, LoadOptions, LoadedModel, ModelSource, WeightMode};
-use rlzero::rollout::{rollout, FinishReason, RolloutError, SamplingParams};
+use rlzero::rollout::{
+    rollout, rollout_on, FinishReason, RolloutBackend, RolloutError, SamplingParams,
+};
 
 fn tiny(name: &str) -> LoadedModel {
     let opts = LoadOptions {
@@ -264,12 +266,16 @@ fn the_fast_path_refuses_what_it_cannot_run() {
         max_new_tokens: 2,
         ..SamplingParams::default()
     };
-    let e = rollout(&f64_decoder, &m.tokenizer, &prompts(), 1, &p, 0).unwrap_err();
+    let on = |b| rollout_on(b, &f64_decoder, &m.tokenizer, &prompts(), 1, &p, 0);
+    let e = on(RolloutBackend::FastCpu).unwrap_err();
     assert!(
         matches!(&e, RolloutError::UnsupportedModel(s) if s.contains("F64")),
         "{e}"
     );
     assert!(e.to_string().contains("CPU f32"), "{e}");
+    // `Auto` (what `rollout` uses) takes the tensor path for it instead.
+    let (out, _) = on(RolloutBackend::Auto).unwrap();
+    assert_eq!(out.len(), prompts().len());
 }
 
 #[test]

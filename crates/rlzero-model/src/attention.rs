@@ -6,7 +6,7 @@
 //! copying k/v `H/KV` times, the query heads of one group are folded into the row dimension:
 //! `(B, KV, G·T, d) @ (B, KV, d, T)`, so the weights of k/v are never duplicated in memory.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor, D};
 
 use crate::config::{Architecture, DecoderConfig};
 use crate::error::Result;
@@ -92,6 +92,19 @@ impl Attention {
     /// Attends `q` `(B, H, Tq, d)` over `k`, `v` `(B, KV, Tk, d)` with additive `bias`
     /// `(B, 1, 1, Tq, Tk)`; returns the output projection `(B, Tq, hidden)`.
     pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        self.o_proj.forward(&self.attend_heads(q, k, v, bias)?)
+    }
+
+    /// [`Attention::attend`] before the output projection: the heads' outputs concatenated,
+    /// `(B, Tq, H · d)`. The rollout's KV-cache path attends sequence by sequence with this and
+    /// projects all rows together.
+    pub fn attend_heads(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: &Tensor,
+    ) -> Result<Tensor> {
         let (b, h, tq, d) = q.dims4()?;
         let tk = k.dim(2)?;
         let g = h / self.n_kv;
@@ -101,13 +114,21 @@ impl Attention {
         let scores = scores
             .reshape((b, self.n_kv, g, tq, tk))?
             .broadcast_add(bias)?;
-        // ops::softmax is built from differentiable primitives; softmax_last_dim is not.
-        let probs = candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?;
+        // ops::softmax is built from differentiable primitives; softmax_last_dim is not. Half
+        // precision scores are upcast first, as transformers' eager attention does
+        // (`softmax(..., dtype=torch.float32)`): a bf16 exp-sum over thousands of keys drifts.
+        let dtype = scores.dtype();
+        let probs = match dtype {
+            DType::BF16 | DType::F16 => {
+                candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?
+                    .to_dtype(dtype)?
+            }
+            _ => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        };
         let probs = probs.reshape((b, self.n_kv, g * tq, tk))?;
         let out = probs.matmul(v)?; // (B, KV, G·Tq, d)
         let out = out.reshape((b, h, tq, d))?.transpose(1, 2)?; // (B, Tq, H, d)
-        let out = out.reshape((b, tq, h * d))?;
-        self.o_proj.forward(&out)
+        Ok(out.reshape((b, tq, h * d))?)
     }
 
     /// Full-sequence attention (training and scoring path).

@@ -12,7 +12,7 @@ use crate::attention::Attention;
 use crate::config::DecoderConfig;
 use crate::error::{ModelError, Result};
 use crate::layers::{Linear, Mlp, RmsNorm};
-use crate::mask::MaskInfo;
+use crate::mask::{self, MaskInfo};
 use crate::rope::Rotary;
 use crate::weights::{Vb, WeightMode, Weights};
 
@@ -279,18 +279,24 @@ impl Decoder {
             )));
         }
         let ids = input_ids.to_dtype(DType::U32)?;
-        let max_id = ids.max_all()?.to_scalar::<u32>()?;
-        if max_id as usize >= self.cfg.vocab_size {
-            return Err(ModelError::InvalidInput(format!(
-                "token id {max_id} is outside the vocabulary (size {})",
-                self.cfg.vocab_size
-            )));
+        // On the CPU the ids and the mask are checked where they lie. On a GPU that would cost two
+        // device-to-host copies and a sync per forward, so there the caller's checks stand (the
+        // trainer's ids come from `rollout`, which checks prompts against the vocabulary, and
+        // `PackedBatch` builds its masks from lengths, so they are 0/1 with a real token per row).
+        if ids.device().is_cpu() {
+            let max_id = ids.max_all()?.to_scalar::<u32>()?;
+            if max_id as usize >= self.cfg.vocab_size {
+                return Err(ModelError::InvalidInput(format!(
+                    "token id {max_id} is outside the vocabulary (size {})",
+                    self.cfg.vocab_size
+                )));
+            }
+            MaskInfo::from_tensor(attention_mask)?;
         }
-        let mask = MaskInfo::from_tensor(attention_mask)?;
-        let dev = self.device();
         let dtype = self.dtype();
-        let (cos, sin) = self.rotary.cos_sin(&mask.positions_tensor(dev)?, dtype)?; // (B, 1, T, d)
-        let bias = mask.bias(dtype, dev)?; // (B, 1, 1, T, T)
+        let mask = attention_mask.to_device(self.device())?;
+        let (positions, bias) = mask::positions_and_bias(&mask, dtype)?; // (B, T), (B, 1, 1, T, T)
+        let (cos, sin) = self.rotary.cos_sin(&positions, dtype)?; // (B, 1, T, d)
         Ok(LayerInputs {
             ids,
             cos,

@@ -232,18 +232,46 @@ fn check_inputs(logits: &Tensor, n_targets: Option<&[usize]>, temperature: f64) 
             "temperature must be finite and > 0, got {temperature}"
         )));
     }
-    if !logits.device().is_cpu() {
-        return Err(ModelError::InvalidInput(
-            "selective_log_softmax and entropy run on CPU tensors only for now".into(),
-        ));
-    }
     Ok(())
+}
+
+/// Whether the fused CPU kernels serve `logits`: f32/f64 on the CPU. Anything else (a GPU, or
+/// f16/bf16 logits) takes [`composed`], built from candle ops that every backend has.
+fn fused(logits: &Tensor) -> bool {
+    logits.device().is_cpu() && matches!(logits.dtype(), DType::F32 | DType::F64)
+}
+
+/// The same quantities from candle's own differentiable ops, in f32 (half-precision logits are
+/// upcast first, as transformers upcasts before a softmax). Returns `(z/τ, lse)`, `(N, V)` and
+/// `(N, 1)`. The max is a constant shift (`lse` does not depend on it), so it is detached.
+fn composed(logits: &Tensor, temperature: f64) -> Result<(Tensor, Tensor)> {
+    let internal = match logits.dtype() {
+        DType::F64 => DType::F64,
+        _ => DType::F32,
+    };
+    let z = (logits.to_dtype(internal)? / temperature)?; // (N, V)
+    let m = z.max_keepdim(1)?.detach(); // (N, 1)
+    let lse = (z.broadcast_sub(&m)?.exp()?.sum_keepdim(1)?.log()? + &m)?; // (N, 1)
+    Ok((z, lse))
+}
+
+/// The dtype results come back in: the logits' own, or f32 for f16/bf16 logits (log-probs are
+/// differences of nearly equal numbers; bf16's 8 bits of mantissa would round them to ~1e-2).
+fn out_dtype(logits: &Tensor) -> DType {
+    match logits.dtype() {
+        DType::F64 => DType::F64,
+        _ => DType::F32,
+    }
 }
 
 /// `log softmax(logits / τ)[i, targets[i]]` for each row, differentiable w.r.t. `logits`.
 ///
-/// `logits` `(N, V)` f32 or f64 on CPU, `targets` `(N,)` integer ids. Returns `(N,)` in the
-/// logits' dtype. Errors on a target outside the vocabulary or a non-positive temperature.
+/// `logits` `(N, V)`, `targets` `(N,)` integer ids. Returns `(N,)`, in f64 for f64 logits and
+/// f32 otherwise. On the CPU with f32/f64 logits this is one fused op (no `(N, V)` temporary);
+/// elsewhere (a GPU, half-precision logits) it is composed from candle's differentiable ops, which
+/// hold `(N, V)` temporaries for the backward pass: callers score in chunks either way. Errors on
+/// a target outside the vocabulary (checked by the fused op; a GPU gather does not check) or a
+/// non-positive temperature.
 pub fn selective_log_softmax(
     logits: &Tensor,
     targets: &Tensor,
@@ -251,19 +279,31 @@ pub fn selective_log_softmax(
 ) -> Result<Tensor> {
     check_inputs(logits, Some(targets.dims()), temperature)?;
     let targets = targets.to_dtype(DType::U32)?.contiguous()?;
-    Ok(logits
-        .contiguous()?
-        .apply_op2(&targets, SelectiveLogSoftmax { temperature })?)
+    if fused(logits) {
+        return Ok(logits
+            .contiguous()?
+            .apply_op2(&targets, SelectiveLogSoftmax { temperature })?);
+    }
+    let (z, lse) = composed(logits, temperature)?;
+    let picked = z.gather(&targets.unsqueeze(1)?, 1)?; // (N, 1)
+    Ok((picked - lse)?.squeeze(1)?.to_dtype(out_dtype(logits))?) // (N,)
 }
 
 /// Entropy `−Σ_j p_ij log p_ij` of `softmax(logits / τ)` per row `(N,)`, in the logits' dtype,
-/// without a graph (a metric, not a loss term).
+/// (f32 for half-precision logits) without a graph (a metric, not a loss term).
 pub fn entropy(logits: &Tensor, temperature: f64) -> Result<Tensor> {
     check_inputs(logits, None, temperature)?;
-    Ok(logits
-        .detach()
-        .contiguous()?
-        .apply_op1_no_bwd(&Entropy { temperature })?)
+    let logits = logits.detach();
+    if fused(&logits) {
+        return Ok(logits
+            .contiguous()?
+            .apply_op1_no_bwd(&Entropy { temperature })?);
+    }
+    // H = lse − Σ_j p_j z_j/τ, p = exp(z/τ − lse).
+    let (z, lse) = composed(&logits, temperature)?;
+    let p = z.broadcast_sub(&lse)?.exp()?; // (N, V)
+    let pz = (p * &z)?.sum_keepdim(1)?; // (N, 1)
+    Ok((lse - pz)?.squeeze(1)?.to_dtype(out_dtype(&logits))?) // (N,)
 }
 
 struct Entropy {

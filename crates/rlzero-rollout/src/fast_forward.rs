@@ -14,6 +14,7 @@ use rlzero_model::layers::Linear;
 use rlzero_model::{Architecture, Decoder, DecoderConfig};
 
 use crate::attention::attention;
+use crate::backend::StepModel;
 use crate::error::{Result, RolloutError};
 use crate::kernels::{linear, linear_many, Matrix};
 use crate::kv_cache::KvCache;
@@ -419,6 +420,29 @@ fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], heads: usize, dim: usize) {
                 head[i + half] = b * c[i] + a * s[i];
             }
         }
+    }
+}
+
+impl StepModel for FastDecoder<'_> {
+    type Cache = KvCache;
+
+    fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        Ok(FastDecoder::new_cache(self, capacity))
+    }
+
+    fn fork(&self, cache: &KvCache, extra: usize) -> Result<KvCache> {
+        let mut c = cache.clone();
+        c.reserve(extra);
+        Ok(c)
+    }
+
+    fn step(
+        &self,
+        caches: &mut [&mut KvCache],
+        tokens: &[&[u32]],
+        prof: &mut StepProfile,
+    ) -> Result<Vec<f32>> {
+        Ok(FastDecoder::step(self, caches, tokens, prof))
     }
 }
 

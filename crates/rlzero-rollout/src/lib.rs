@@ -9,6 +9,7 @@
 // The decode kernels, KV cache and sampler internals are implementation details of
 // `rollout()`: private, so they can change (and take shortcuts on pre-validated input) freely.
 mod attention;
+pub mod backend;
 pub mod error;
 mod fast_forward;
 mod kernels;
@@ -17,9 +18,13 @@ pub mod params;
 mod rng;
 pub mod rollout;
 mod sampler;
+mod tensor_forward;
 pub mod unstable;
 
+pub use backend::RolloutBackend;
 pub use error::{Result, RolloutError};
 pub use fast_forward::StepProfile;
 pub use params::SamplingParams;
-pub use rollout::{rollout, rollout_with_stats, Completion, FinishReason, RolloutStats};
+pub use rollout::{
+    rollout, rollout_on, rollout_with_stats, Completion, FinishReason, RolloutStats,
+};

@@ -11,15 +11,21 @@
 //!    one the token was drawn from: that keeps the first-iteration importance ratio exactly 1,
 //!    as in TRL (issues #4159, #6789); with heavy truncation the samples are off-policy, so
 //!    keep the filters off for on-policy GRPO (details in `sampler.rs`).
+//!
+//! The model steps come from a [`crate::backend::StepModel`]: the fast CPU kernels for f32
+//! weights on the CPU, the decoder's own tensor ops elsewhere ([`RolloutBackend`]). Sampling
+//! runs on the host from each step's last-position logits, so seeding and stop rules are the same
+//! on every backend.
 
 use std::time::Instant;
 
 use rayon::prelude::*;
 use rlzero_model::{Decoder, TextTokenizer};
 
+use crate::backend::{RolloutBackend, StepModel};
 use crate::error::{Result, RolloutError};
 use crate::fast_forward::{FastDecoder, StepProfile, WeightGuards};
-use crate::kv_cache::KvCache;
+use crate::tensor_forward::TensorDecoder;
 use crate::params::SamplingParams;
 use crate::rng::SampleRng;
 use crate::sampler::sample;
@@ -52,10 +58,10 @@ pub struct Completion {
     pub text: String,
 }
 
-struct Live {
+struct Live<C> {
     prompt: usize,
     sample: usize,
-    cache: KvCache,
+    cache: C,
     rng: SampleRng,
     /// Prompt followed by the completion so far (repetition penalty reads it).
     context: Vec<u32>,
@@ -65,7 +71,7 @@ struct Live {
     text: Option<String>,
 }
 
-impl Live {
+impl<C> Live<C> {
     fn generated(&self) -> &[u32] {
         &self.context[self.prompt_len..]
     }
@@ -144,92 +150,159 @@ pub fn rollout_with_stats(
     params: &SamplingParams,
     step: u64,
 ) -> Result<(Vec<Completion>, RolloutStats)> {
-    let mut stats = RolloutStats::default();
-    let t0 = Instant::now();
+    rollout_on(
+        RolloutBackend::Auto,
+        decoder,
+        tokenizer,
+        prompts,
+        group_size,
+        params,
+        step,
+    )
+}
+
+/// [`rollout_with_stats`] on a chosen backend. `Auto` takes the fast CPU path for an f32
+/// decoder on the CPU without adapters and the tensor path otherwise; the two give the same
+/// tokens under greedy decoding and log-probs within 1e-4 (`tests/rollout.rs`).
+pub fn rollout_on(
+    backend: RolloutBackend,
+    decoder: &Decoder,
+    tokenizer: &TextTokenizer,
+    prompts: &[Vec<u32>],
+    group_size: usize,
+    params: &SamplingParams,
+    step: u64,
+) -> Result<(Vec<Completion>, RolloutStats)> {
     validate(decoder, prompts, group_size, params)?;
-    let guards = WeightGuards::lock(decoder)?;
-    let model = FastDecoder::new(decoder, &guards)?;
-    let max_ctx = decoder.config().max_position_embeddings;
-    let vocab = decoder.config().vocab_size;
-
-    // 1. Prefill each prompt once, then fan out into its G samples.
-    let mut live: Vec<Live> = Vec::with_capacity(prompts.len() * group_size);
-    for (pi, prompt) in prompts.iter().enumerate() {
-        let budget = (prompt.len() + params.max_new_tokens).min(max_ctx);
-        let mut cache = model.new_cache(budget);
-        let logits = model.step(
-            &mut [&mut cache],
-            &[prompt.as_slice()],
-            &mut StepProfile::default(),
-        );
-        for si in 0..group_size {
-            let mut s = Live {
-                prompt: pi,
-                sample: si,
-                cache: cache.clone(),
-                rng: SampleRng::new(params.seed, step, pi as u64, si as u64),
-                context: prompt.clone(),
-                prompt_len: prompt.len(),
-                logprobs: Vec::with_capacity(params.max_new_tokens),
-                finish: None,
-                text: None,
-            };
-            s.cache.reserve(budget - prompt.len());
-            accept(&mut s, &logits[..vocab], params, tokenizer, max_ctx)?;
-            live.push(s);
+    let fast = match backend {
+        RolloutBackend::FastCpu => true,
+        RolloutBackend::Tensor => false,
+        RolloutBackend::Auto => {
+            decoder.device().is_cpu()
+                && decoder.dtype() == candle_core::DType::F32
+                && !decoder.has_adapters()
         }
+    };
+    let run = Request {
+        decoder,
+        tokenizer,
+        prompts,
+        group_size,
+        params,
+        step,
+    };
+    if fast {
+        let guards = WeightGuards::lock(decoder)?;
+        run.on(&FastDecoder::new(decoder, &guards)?)
+    } else {
+        run.on(&TensorDecoder::new(decoder))
     }
+}
 
-    stats.prefill_s = t0.elapsed().as_secs_f64();
+/// A validated rollout request.
+struct Request<'r> {
+    decoder: &'r Decoder,
+    tokenizer: &'r TextTokenizer,
+    prompts: &'r [Vec<u32>],
+    group_size: usize,
+    params: &'r SamplingParams,
+    step: u64,
+}
 
-    // 2. Batched decoding over every unfinished sequence.
-    let t0 = Instant::now();
-    loop {
-        let mut active: Vec<&mut Live> = live.iter_mut().filter(|s| s.finish.is_none()).collect();
-        if active.is_empty() {
-            break;
+impl Request<'_> {
+    fn on<M: StepModel>(&self, model: &M) -> Result<(Vec<Completion>, RolloutStats)> {
+        let Self {
+            decoder,
+            tokenizer,
+            prompts,
+            group_size,
+            params,
+            step,
+        } = *self;
+        let mut stats = RolloutStats::default();
+        let t0 = Instant::now();
+        let max_ctx = decoder.config().max_position_embeddings;
+        let vocab = decoder.config().vocab_size;
+
+        // 1. Prefill each prompt once, then fan out into its G samples.
+        let mut live: Vec<Live<M::Cache>> = Vec::with_capacity(prompts.len() * group_size);
+        for (pi, prompt) in prompts.iter().enumerate() {
+            let budget = (prompt.len() + params.max_new_tokens).min(max_ctx);
+            let mut cache = model.new_cache(prompt.len())?;
+            let logits = model.step(
+                &mut [&mut cache],
+                &[prompt.as_slice()],
+                &mut StepProfile::default(),
+            )?;
+            for si in 0..group_size {
+                let mut s = Live {
+                    prompt: pi,
+                    sample: si,
+                    cache: model.fork(&cache, budget - prompt.len())?,
+                    rng: SampleRng::new(params.seed, step, pi as u64, si as u64),
+                    context: prompt.clone(),
+                    prompt_len: prompt.len(),
+                    logprobs: Vec::with_capacity(params.max_new_tokens),
+                    finish: None,
+                    text: None,
+                };
+                accept(&mut s, &logits[..vocab], params, tokenizer, max_ctx)?;
+                live.push(s);
+            }
         }
-        let last: Vec<[u32; 1]> = active
-            .iter()
-            .map(|s| [*s.context.last().expect("non-empty")])
-            .collect();
-        let tokens: Vec<&[u32]> = last.iter().map(|t| t.as_slice()).collect();
-        let mut caches: Vec<&mut KvCache> = active.iter_mut().map(|s| &mut s.cache).collect();
-        stats.decode_rows += tokens.len();
-        let logits = model.step(&mut caches, &tokens, &mut stats.profile);
-        let ts = Instant::now();
-        active
-            .par_iter_mut()
-            .zip(logits.par_chunks(vocab))
-            .try_for_each(|(s, row)| accept(s, row, params, tokenizer, max_ctx))?;
-        stats.sampling_s += ts.elapsed().as_secs_f64();
-        stats.decode_steps += 1;
-    }
-    stats.decode_s = t0.elapsed().as_secs_f64();
 
-    let completions = live
-        .into_iter()
-        .map(|s| {
-            let text = match s.text {
-                Some(t) => t,
-                None => tokenizer.decode(s.generated(), true)?,
-            };
-            Ok(Completion {
-                prompt_index: s.prompt,
-                sample_index: s.sample,
-                token_ids: s.context[s.prompt_len..].to_vec(),
-                logprobs: s.logprobs,
-                finish_reason: s.finish.unwrap_or(FinishReason::Length),
-                text,
+        stats.prefill_s = t0.elapsed().as_secs_f64();
+
+        // 2. Batched decoding over every unfinished sequence.
+        let t0 = Instant::now();
+        loop {
+            let mut active: Vec<&mut Live<M::Cache>> =
+                live.iter_mut().filter(|s| s.finish.is_none()).collect();
+            if active.is_empty() {
+                break;
+            }
+            let last: Vec<[u32; 1]> = active
+                .iter()
+                .map(|s| [*s.context.last().expect("non-empty")])
+                .collect();
+            let tokens: Vec<&[u32]> = last.iter().map(|t| t.as_slice()).collect();
+            let mut caches: Vec<&mut M::Cache> = active.iter_mut().map(|s| &mut s.cache).collect();
+            stats.decode_rows += tokens.len();
+            let logits = model.step(&mut caches, &tokens, &mut stats.profile)?;
+            let ts = Instant::now();
+            active
+                .par_iter_mut()
+                .zip(logits.par_chunks(vocab))
+                .try_for_each(|(s, row)| accept(s, row, params, tokenizer, max_ctx))?;
+            stats.sampling_s += ts.elapsed().as_secs_f64();
+            stats.decode_steps += 1;
+        }
+        stats.decode_s = t0.elapsed().as_secs_f64();
+
+        let completions = live
+            .into_iter()
+            .map(|s| {
+                let text = match s.text {
+                    Some(t) => t,
+                    None => tokenizer.decode(s.generated(), true)?,
+                };
+                Ok(Completion {
+                    prompt_index: s.prompt,
+                    sample_index: s.sample,
+                    token_ids: s.context[s.prompt_len..].to_vec(),
+                    logprobs: s.logprobs,
+                    finish_reason: s.finish.unwrap_or(FinishReason::Length),
+                    text,
+                })
             })
-        })
-        .collect::<Result<_>>()?;
-    Ok((completions, stats))
+            .collect::<Result<_>>()?;
+        Ok((completions, stats))
+    }
 }
 
 /// Samples the next token of `s` from `logits` and decides whether `s` is finished.
-fn accept(
-    s: &mut Live,
+fn accept<C>(
+    s: &mut Live<C>,
     logits: &[f32],
     p: &SamplingParams,
     tok: &TextTokenizer,

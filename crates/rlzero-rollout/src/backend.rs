@@ -1,0 +1,51 @@
+//! The model half of a rollout: one batched step over independent sequences, each with its own
+//! KV cache. `rollout()` is written once against [`StepModel`]; two backends implement it:
+//!
+//! * the fast CPU path ([`crate::fast_forward::FastDecoder`]): hand-written kernels on the f32
+//!   weights' own memory, caches as plain `Vec<f32>`;
+//! * the tensor path ([`crate::tensor_forward::TensorDecoder`]): the decoder's own candle modules
+//!   (attention, RoPE, MLP, norms) on whatever device and dtype its weights live, caches as
+//!   tensors on that device. It also runs unmerged LoRA adapters (without dropout, as PEFT's
+//!   eval mode).
+//!
+//! Both return the logits of each sequence's last new token as host f32 rows, so sampling, the
+//! per-sample random streams and the stop rules are shared (and identical) for both.
+
+use crate::error::Result;
+use crate::fast_forward::StepProfile;
+
+/// Which [`StepModel`] a rollout runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RolloutBackend {
+    /// The fast CPU path when the decoder is f32 on the CPU without LoRA adapters, the tensor
+    /// path otherwise (a GPU, bf16/f16 weights, unmerged adapters). The default.
+    #[default]
+    Auto,
+    /// Always the fast CPU path; errors for a decoder it cannot run
+    /// ([`crate::RolloutError::UnsupportedModel`], [`crate::RolloutError::AdaptersNotMerged`]).
+    FastCpu,
+    /// Always the tensor path, on the decoder's own device and dtype.
+    Tensor,
+}
+
+/// A decoder that advances sequences through their KV caches.
+pub(crate) trait StepModel {
+    /// One sequence's keys and values, all layers (sampling runs on rayon threads).
+    type Cache: Send;
+
+    /// An empty cache with room for `capacity` tokens (it grows in chunks past that).
+    fn new_cache(&self, capacity: usize) -> Result<Self::Cache>;
+
+    /// A copy of `cache` that shares nothing with it (a prompt's prefill fanned out to its
+    /// samples), with room for `extra` more tokens.
+    fn fork(&self, cache: &Self::Cache, extra: usize) -> Result<Self::Cache>;
+
+    /// Appends `tokens[s]` to sequence `s` (whose cache is `caches[s]`) and returns the f32
+    /// logits `(S, V)` after each sequence's last new token, row-major on the host.
+    fn step(
+        &self,
+        caches: &mut [&mut Self::Cache],
+        tokens: &[&[u32]],
+        prof: &mut StepProfile,
+    ) -> Result<Vec<f32>>;
+}
