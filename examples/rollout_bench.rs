@@ -5,11 +5,16 @@
 //!
 //!     ./scripts/fetch-models.sh
 //!     cargo run --release --example rollout_bench [-- path/to/model.gguf]
+//!
+//! `DEVICE=cuda:0` (a `--features cuda` build), `DTYPE=bf16` and `BACKEND=tensor|fast|auto`
+//! (default auto) choose where and how the rollout runs.
 use std::time::Instant;
 
 use anyhow::Result;
+use candle_core::DType;
+use rlzero::model::device::parse_device;
 use rlzero::model::{load, LoadOptions, Message, ModelSource, WeightMode};
-use rlzero::rollout::{rollout_with_stats, SamplingParams};
+use rlzero::rollout::{rollout_on, RolloutBackend, SamplingParams};
 
 fn main() -> Result<()> {
     let path = std::env::args()
@@ -19,11 +24,26 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.into());
+    let dtype = match env("DTYPE", "f32").as_str() {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        other => anyhow::bail!("DTYPE={other}: expected f32, bf16 or f16"),
+    };
+    let backend = match env("BACKEND", "auto").as_str() {
+        "auto" => RolloutBackend::Auto,
+        "fast" => RolloutBackend::FastCpu,
+        "tensor" => RolloutBackend::Tensor,
+        other => anyhow::bail!("BACKEND={other}: expected auto, fast or tensor"),
+    };
     let opts = LoadOptions {
         mode: WeightMode::Frozen,
+        device: parse_device(&env("DEVICE", "cpu"))?,
+        dtype,
         ..LoadOptions::default()
     };
-    let m = load(&ModelSource::Gguf(path.into()), &opts)?;
+    let m = load(&ModelSource::parse(&path), &opts)?;
     let questions = [
         "What is 23+19? Answer with just the number.",
         "What is 47+38? Answer with just the number.",
@@ -40,9 +60,11 @@ fn main() -> Result<()> {
         })
         .collect::<Result<_>>()?;
     println!(
-        "threads={} prompt_tokens={}",
+        "threads={} prompt_tokens={} device={:?} dtype={:?} backend={backend:?}",
         rayon::current_num_threads(),
-        prompts[0].len()
+        prompts[0].len(),
+        m.decoder.device(),
+        m.decoder.dtype()
     );
     let params = SamplingParams {
         max_new_tokens: 128,
@@ -57,7 +79,7 @@ fn main() -> Result<()> {
         for run in 0..=runs {
             let t0 = Instant::now();
             let (out, stats) =
-                rollout_with_stats(&m.decoder, &m.tokenizer, batch, 8, &params, run as u64)?;
+                rollout_on(backend, &m.decoder, &m.tokenizer, batch, 8, &params, run as u64)?;
             let dt = t0.elapsed().as_secs_f64();
             let generated: usize = out.iter().map(|c| c.token_ids.len()).sum();
             if run > 0 {

@@ -11,6 +11,7 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::Result;
 use clap::Parser;
+use rlzero::model::device::parse_device;
 use rlzero::model::{load, LoadOptions, Message, ModelSource, WeightMode};
 use rlzero::rollout::{rollout, SamplingParams};
 
@@ -39,6 +40,9 @@ struct Args {
     /// Seed of the sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Compute device: `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     #[command(flatten)]
     log: cli::LogArgs,
 }
@@ -48,6 +52,7 @@ fn main() -> Result<()> {
     a.log.init()?;
     let opts = LoadOptions {
         mode: WeightMode::Frozen,
+        device: parse_device(&a.device)?,
         ..LoadOptions::default()
     };
     let m = load(&ModelSource::parse(&a.model), &opts)?;

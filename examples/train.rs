@@ -116,9 +116,11 @@ struct Args {
     /// assumption; see `rlzero::run::ledger`).
     #[arg(long, default_value_t = 0.10)]
     usd_per_hour: f64,
-    /// What the run ran on, for the ledger.
-    #[arg(long, default_value = "2-vCPU CPU machine")]
-    device: String,
+    /// What the run ran on, in words, for the ledger (default: from --device, e.g.
+    /// "2-vCPU CPU machine" or "1 CUDA GPU").
+    #[arg(long)]
+    #[serde(default, alias = "device")]
+    device_label: Option<String>,
     /// Print one group of step STEP (default 1) number by number: rewards, group mean and
     /// std, advantages, each completion's ratio, clip, KL and term of the loss, with hand
     /// checks; also saved as `<run>/explain-step-STEP.txt`.
@@ -494,7 +496,13 @@ fn finish(
         lora: trainer.config().lora.is_some(),
         devices: 1.0,
         usd_per_device_hour: a.usd_per_hour,
-        device: a.device.clone(),
+        device: a.device_label.clone().unwrap_or_else(|| {
+            if a.task.device.starts_with("cuda") {
+                "1 CUDA GPU".into()
+            } else {
+                format!("{}-vCPU CPU machine", rayon::current_num_threads())
+            }
+        }),
         num_generations: trainer.config().num_generations,
         extra_forwards: f64::from(u8::from(trainer.config().loss.beta > 0.0))
             + f64::from(u8::from(

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use rlzero::grpo::TrainPrompt;
+use rlzero::model::device::parse_device;
 use rlzero::model::{load, LoadOptions, LoadedModel, ModelSource, TextTokenizer, WeightMode};
 use rlzero::rewards::{Countdown, FormatReward, NumericAnswer, Reference, RewardSet};
 use rlzero::run::tasks::{Example, Task};
@@ -41,6 +42,10 @@ impl LogArgs {
     }
 }
 
+fn default_device() -> String {
+    "cpu".into()
+}
+
 /// The default model: fetched by `./scripts/fetch-models.sh`.
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -64,6 +69,11 @@ pub struct TaskArgs {
     /// Python), a local directory with config.json + safetensors, or a .gguf file.
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
+    /// Compute device: `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`.
+    /// Rollouts take the fast CPU kernels on `cpu` and the decoder's tensor ops on a GPU.
+    #[arg(long, default_value = "cpu")]
+    #[serde(default = "default_device")]
+    pub device: String,
     /// The task.
     #[arg(long, value_enum, default_value = "addition")]
     pub task: TaskKind,
@@ -127,10 +137,11 @@ impl TaskArgs {
         })
     }
 
-    /// The model, trainable or frozen.
+    /// The model, trainable or frozen, on `--device`.
     pub fn load_model(&self, mode: WeightMode) -> Result<LoadedModel> {
         let opts = LoadOptions {
             mode,
+            device: parse_device(&self.device)?,
             ..LoadOptions::default()
         };
         load(&ModelSource::parse(&self.model), &opts)

@@ -44,6 +44,14 @@ pub enum ModelError {
         /// Why the value cannot be used.
         reason: String,
     },
+    /// A device string (`--device`) names no device this build can open.
+    #[error("device `{spec}`: {reason}")]
+    Device {
+        /// The string given.
+        spec: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// The architecture is not one the decoder implements.
     #[error("{file}: unsupported architecture `{arch}` (supported: llama, qwen2, qwen3)")]
     UnsupportedArchitecture {

@@ -16,6 +16,7 @@ pub mod attention;
 pub mod chat_template;
 pub mod config;
 pub mod decoder;
+pub mod device;
 pub mod error;
 pub mod export;
 pub mod frozen_linear;
