@@ -168,6 +168,26 @@ fn lora_runs_resume_their_adapters_optimizer_and_dropout_streams() {
     );
 }
 
+/// `precision = bf16`: the checkpoint holds the f32 master; on resume the bf16 working copy is
+/// rebuilt from it, so the continued run matches the uninterrupted one step for step.
+#[test]
+fn bf16_runs_resume_from_their_f32_master() {
+    let mut cfg = config();
+    cfg.precision = rlzero::grpo::Precision::Bf16;
+    let mut whole = Trainer::new(cfg.clone(), tiny(), low_words()).unwrap();
+    let want = run(&mut whole, 5);
+    let dir = TempDir::new("bf16-ckpt");
+    let ckpt = checkpoint_dir(dir.path(), 2);
+    let mut first = Trainer::new(cfg.clone(), tiny(), low_words()).unwrap();
+    let mut got = run(&mut first, 2);
+    first.save_checkpoint(&ckpt, serde_json::Value::Null).unwrap();
+    drop(first);
+    let (mut second, _) = Trainer::resume(cfg, tiny(), low_words(), &ckpt, false).unwrap();
+    got.extend(run(&mut second, 3));
+    assert_eq!(got, want);
+    assert!(weights(&second) == weights(&whole));
+}
+
 #[test]
 fn a_changed_config_is_refused_with_the_fields_named_unless_forced() {
     let dir = TempDir::new("cfg-ckpt");

@@ -251,6 +251,10 @@ impl Trainer {
         for (var, w) in updates {
             var.set(&w)?;
         }
+        // bf16 mode: the working copy follows the restored master weights.
+        if let Some(c) = &trainer.compute {
+            c.sync(trainer.optimizer.vars())?;
+        }
         trainer.policy.set_lora_dropout_calls(calls)?;
         trainer.step = state.step;
         trainer.batches = state.batches_sampled;

@@ -25,6 +25,7 @@ use crate::advantages::{Aggregation, ScaleRewards};
 use crate::error::{GrpoError, Result};
 use crate::loss::{Accumulation, LossConfig};
 use crate::optim::AdamWParams;
+use crate::precision::Precision;
 use crate::schedule::LrSchedule;
 
 /// Where the "old" log-probs of the importance ratio come from when `num_iterations > 1`.
@@ -143,6 +144,10 @@ pub struct GrpoConfig {
     pub schedule: LrSchedule,
     /// LoRA adapters; `None` (default) fine-tunes every weight.
     pub lora: Option<LoraConfig>,
+    /// The dtype rollouts, the forward and the backward run in. Default `f32`; `bf16` keeps f32
+    /// master weights and optimizer state beside a bf16 working copy ([`crate::precision`]),
+    /// for GPUs (on the CPU it is slower). Full fine-tuning only.
+    pub precision: Precision,
 }
 
 impl Default for GrpoConfig {
@@ -168,6 +173,7 @@ impl Default for GrpoConfig {
             optim: AdamWParams::default(),
             schedule: LrSchedule::default(),
             lora: None,
+            precision: Precision::F32,
         }
     }
 }
@@ -258,6 +264,12 @@ impl GrpoConfig {
             if v == 0 {
                 return Err(GrpoError::config(field, "must be ≥ 1"));
             }
+        }
+        if self.precision == Precision::Bf16 && self.lora.is_some() {
+            return Err(GrpoError::config(
+                "precision",
+                "bf16 with LoRA is not implemented (it needs f32 adapters on a bf16 base); use f32",
+            ));
         }
         if self.num_generations < 2 && self.scale_rewards != ScaleRewards::None {
             return Err(GrpoError::config(

@@ -36,6 +36,7 @@ use crate::generation::{generate, GenerateArgs, TrainPrompt};
 use crate::loss::{grpo_loss, LossInputs, RowStats};
 use crate::metrics::{PhaseTimes, StepMetrics};
 use crate::optim::{clip_grad_norm, grad_norm, AdamW};
+use crate::precision::{ComputeCopy, Precision};
 use crate::report::{fill_reward_metrics, records, LossStats, StepReport};
 
 /// A micro-batch ready for the loss: packed sequences and per-token data.
@@ -53,6 +54,9 @@ struct MicroBatch {
 pub struct Trainer {
     pub(crate) cfg: GrpoConfig,
     pub(crate) policy: Decoder,
+    /// With `precision = bf16`: the bf16 working copy of `policy` (which then holds the f32
+    /// master weights) that rollouts, the forward and the backward run on.
+    pub(crate) compute: Option<ComputeCopy>,
     reference: Option<Decoder>,
     tokenizer: TextTokenizer,
     eos_token_ids: Vec<u32>,
@@ -75,7 +79,7 @@ impl Trainer {
         let mut policy = model.decoder;
         if policy.dtype() != DType::F32 {
             return Err(GrpoError::InvalidInput(format!(
-                "training needs f32 weights (the rollout path samples from f32), the model is {:?}",
+                "training loads f32 weights (with precision = bf16 they are the master copy), the model is {:?}",
                 policy.dtype()
             )));
         }
@@ -90,9 +94,14 @@ impl Trainer {
                 }
             }
         }
+        let compute = match cfg.precision {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(ComputeCopy::new(&policy)?),
+        };
         // π_ref = the initial policy (TRL); for LoRA, the base without adapters (shared storage).
+        // In bf16 mode the reference is the bf16 copy's, so both log-probs round alike.
         let reference = if cfg.loss.beta > 0.0 {
-            Some(policy.frozen_copy()?)
+            Some(compute.as_ref().map_or(&policy, |c| c.decoder()).frozen_copy()?)
         } else {
             None
         };
@@ -100,6 +109,7 @@ impl Trainer {
         Ok(Self {
             cfg,
             policy,
+            compute,
             reference,
             tokenizer: model.tokenizer,
             eos_token_ids: model.generation.eos_token_ids,
@@ -111,9 +121,15 @@ impl Trainer {
         })
     }
 
-    /// The policy being trained.
+    /// The policy being trained (with `precision = bf16`, its f32 master weights).
     pub fn policy(&self) -> &Decoder {
         &self.policy
+    }
+
+    /// The decoder rollouts and the scoring forward/backward run on: the policy itself, or its
+    /// bf16 working copy with `precision = bf16`.
+    pub fn working_policy(&self) -> &Decoder {
+        self.compute.as_ref().map_or(&self.policy, |c| c.decoder())
     }
 
     /// The tokenizer.
@@ -162,13 +178,14 @@ impl Trainer {
         } else {
             None
         };
+        let working = self.working_policy();
         let params = cfg.sampling_params(self.eos_token_ids.clone());
         let mut drawn = 0u64;
         let generated = {
             let mut counted = prompts.inspect(|_| drawn += 1);
             generate(
                 &GenerateArgs {
-                    model: merged.as_ref().unwrap_or(&self.policy),
+                    model: merged.as_ref().unwrap_or(working),
                     tokenizer: &self.tokenizer,
                     rewards: &self.rewards,
                     params: &params,
@@ -287,7 +304,10 @@ impl Trainer {
         // Dynamic sampling may leave fewer micro-batches than configured.
         acc.gradient_accumulation_steps = micro.len();
         acc.steps_per_generation = micro.len();
+        // The optimizer's variables (the f32 master in bf16 mode), and where the backward pass
+        // files gradients (the bf16 copy's variables in bf16 mode).
         let vars: Vec<Var> = self.optimizer.vars().to_vec();
+        let working = self.compute.as_ref().map_or(&self.policy, |c| c.decoder());
         let mut stats = LossStats::default();
         for it in 0..cfg.num_iterations {
             let mut grads: Option<GradStore> = None;
@@ -323,7 +343,7 @@ impl Trainer {
                     // decoder's gradients come from `Recomputed::backward` below.
                     let (scores, tape, leaf) = if cfg.gradient_checkpointing {
                         let r = Recomputed::forward(
-                            &self.policy,
+                            working,
                             &batch,
                             cfg.sampling.temperature,
                             true,
@@ -336,7 +356,7 @@ impl Trainer {
                         (scores, Some(r), Some(leaf))
                     } else {
                         let s = completion_logprobs(
-                            &self.policy,
+                            working,
                             &batch,
                             cfg.sampling.temperature,
                             true,
@@ -375,7 +395,10 @@ impl Trainer {
                             Some(d) => d,
                             None => leaf.zeros_like()?,
                         };
-                        g = tape.backward(&self.policy, &d)?;
+                        g = tape.backward(working, &d)?;
+                    }
+                    if let Some(c) = &self.compute {
+                        g = c.to_master(g, &vars)?;
                     }
                     add_var_grads(grads.get_or_insert_with(GradStore::default), g, &vars)?;
                     times.backward += t.elapsed().as_secs_f64();
@@ -409,6 +432,9 @@ impl Trainer {
             let lr = cfg.schedule.lr_at(cfg.optim.lr, self.step, cfg.max_steps);
             if let Some(g) = &grads {
                 self.optimizer.step(g, lr)?;
+                if let Some(c) = &self.compute {
+                    c.sync(&vars)?;
+                }
             }
             self.step += 1;
             times.optimizer += t.elapsed().as_secs_f64();
@@ -488,7 +514,12 @@ impl Trainer {
                     Some(padded_logprobs(rows, batch.completion_len, &dev)?)
                 }
                 (true, OldLogprobs::Recompute) => Some(
-                    completion_logprobs(&self.policy, &batch, cfg.sampling.temperature, false)?
+                    completion_logprobs(
+                        self.working_policy(),
+                        &batch,
+                        cfg.sampling.temperature,
+                        false,
+                    )?
                         .logprobs
                         .detach()
                         .to_dtype(DType::F32)?,

@@ -64,9 +64,10 @@ pub fn add_var_grads(total: &mut GradStore, mut part: GradStore, vars: &[Var]) -
     Ok(())
 }
 
-/// `Σ (y ⊙ g)`: a scalar whose gradient w.r.t. `y` is `g`.
+/// `Σ (y ⊙ g)`: a scalar whose gradient w.r.t. `y` is `g` (in `y`'s dtype: a bf16 decoder's
+/// log-probs are f32, its hidden states bf16).
 fn dot(y: &Tensor, g: &Tensor) -> Result<Tensor> {
-    Ok((y * g)?.sum_all()?)
+    Ok((y * g.to_dtype(y.dtype())?)?.sum_all()?)
 }
 
 impl Recomputed {
@@ -118,7 +119,7 @@ impl Recomputed {
             )));
         }
         let vars = decoder.vars()?;
-        let grad = grad.to_dtype(decoder.dtype())?.detach();
+        let grad = grad.detach();
         let mut total = GradStore::default();
         let (saved_in, replay_end) = self.dropout_calls;
         // Layer 0's input needs a gradient only when the embedding rows are trained (every
