@@ -33,7 +33,7 @@ use clap::Parser;
 use cli::{one_line, reference_text, LogArgs, TaskArgs};
 use indicatif::{ProgressBar, ProgressStyle};
 use rlzero::grpo::checkpoint::{latest, CheckpointPolicy};
-use rlzero::grpo::{GrpoConfig, LossType, TrainPrompt, Trainer};
+use rlzero::grpo::{GrpoConfig, LossType, Precision, TrainPrompt, Trainer};
 use rlzero::model::export::{save_pretrained, ExportOptions};
 use rlzero::model::lora::LoraConfig;
 use rlzero::model::WeightMode;
@@ -78,6 +78,11 @@ struct Args {
     /// Loss (`loss.loss_type`): grpo, bnpo, dr_grpo, dapo, cispo, sapo, luspo, vespo.
     #[arg(long)]
     loss_type: Option<String>,
+    /// Compute precision (`precision`): f32 (default), or bf16 with f32 master weights and
+    /// optimizer state (for a GPU; slower on the CPU). Full fine-tuning only.
+    #[arg(long, value_name = "f32|bf16")]
+    #[serde(default)]
+    precision: Option<String>,
     /// KL coefficient β (`loss.beta`); > 0 keeps a frozen reference model.
     #[arg(long)]
     beta: Option<f64>,
@@ -173,6 +178,10 @@ fn resolve_config(a: &Args) -> Result<GrpoConfig> {
     }
     if let Some(x) = a.beta {
         c.loss.beta = x;
+    }
+    if let Some(x) = &a.precision {
+        c.precision = serde_json::from_value::<Precision>(json!(x))
+            .with_context(|| format!("--precision {x}: expected f32 or bf16"))?;
     }
     if let Some(x) = a.seed {
         c.seed = x;

@@ -8,8 +8,14 @@ use rlzero::rewards::{reward_fn, Reference, RewardInput, RewardSet};
 use super::fixtures;
 
 pub fn tiny() -> LoadedModel {
+    tiny_on(&candle_core::Device::Cpu)
+}
+
+/// The tiny-llama fixture, trainable, on `device`.
+pub fn tiny_on(device: &candle_core::Device) -> LoadedModel {
     let opts = LoadOptions {
         mode: WeightMode::Trainable,
+        device: device.clone(),
         ..LoadOptions::default()
     };
     load(&ModelSource::Dir(fixtures().join("tiny-llama")), &opts).unwrap()
