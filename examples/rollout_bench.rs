@@ -22,8 +22,9 @@ fn main() -> Result<()> {
         .unwrap_or_else(|| "models/SmolLM2-135M-Instruct.Q4_1.gguf".into());
     let runs: usize = std::env::var("RUNS")
         .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(3)
+        .max(1); // one timed run at least, after the warm-up
     let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.into());
     let dtype = match env("DTYPE", "f32").as_str() {
         "f32" => DType::F32,

@@ -48,8 +48,9 @@ fn backends_give_the_same_tokens_and_logprobs() {
     for name in common::TINY {
         let m = tiny(name);
         // Greedy: the same arg-max tokens. Sampled at T = 0.7: the same per-sample random
-        // streams draw from (nearly) the same distributions, so the same tokens again. 70 new
-        // tokens cross the tensor caches' 64-token growth chunk.
+        // streams draw from (nearly) the same distributions, so the same tokens again. (Cache
+        // growth past a chunk is tested step by step in tensor_forward.rs: a rollout sizes each
+        // sample's cache for its whole budget when it forks the prompt's.)
         for (greedy, temperature) in [(true, 1.0), (false, 0.7)] {
             let p = SamplingParams {
                 greedy,

@@ -7,10 +7,15 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Shape, Tensor};
 use rlzero::model::{Decoder, DecoderConfig, LogitsToKeep, WeightMode, Weights};
 
+/// `tests/fixtures` of the checkout this was built in, or `RLZERO_FIXTURES` (a test binary copied
+/// to another machine, as `scripts/gpu-check.sh run` does).
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
+    match std::env::var_os("RLZERO_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests")
+            .join("fixtures"),
+    }
 }
 
 pub fn models_dir() -> PathBuf {

@@ -278,7 +278,7 @@ impl Decoder {
                 input_ids.dims()
             )));
         }
-        let ids = input_ids.to_dtype(DType::U32)?;
+        let ids = input_ids.to_device(self.device())?.to_dtype(DType::U32)?;
         // On the CPU the ids and the mask are checked where they lie. On a GPU that would cost two
         // device-to-host copies and a sync per forward, so there the caller's checks stand (the
         // trainer's ids come from `rollout`, which checks prompts against the vocabulary, and

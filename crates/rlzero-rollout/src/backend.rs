@@ -5,8 +5,8 @@
 //!   weights' own memory, caches as plain `Vec<f32>`;
 //! * the tensor path ([`crate::tensor_forward::TensorDecoder`]): the decoder's own candle modules
 //!   (attention, RoPE, MLP, norms) on whatever device and dtype its weights live, caches as
-//!   tensors on that device. It also runs unmerged LoRA adapters (without dropout, as PEFT's
-//!   eval mode).
+//!   tensors on that device. It also runs unmerged LoRA adapters (merged into a copy of each
+//!   adapted weight for the rollout, without dropout, as PEFT's eval mode).
 //!
 //! Both return the logits of each sequence's last new token as host f32 rows, so sampling, the
 //! per-sample random streams and the stop rules are shared (and identical) for both.

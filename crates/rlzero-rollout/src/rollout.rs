@@ -163,7 +163,7 @@ pub fn rollout_with_stats(
 
 /// [`rollout_with_stats`] on a chosen backend. `Auto` takes the fast CPU path for an f32
 /// decoder on the CPU without adapters and the tensor path otherwise; the two give the same
-/// tokens under greedy decoding and log-probs within 1e-4 (`tests/rollout.rs`).
+/// tokens under greedy decoding and log-probs within 1e-4 (`tests/rollout_backends.rs`).
 pub fn rollout_on(
     backend: RolloutBackend,
     decoder: &Decoder,
@@ -195,7 +195,7 @@ pub fn rollout_on(
         let guards = WeightGuards::lock(decoder)?;
         run.on(&FastDecoder::new(decoder, &guards)?)
     } else {
-        run.on(&TensorDecoder::new(decoder))
+        run.on(&TensorDecoder::new(decoder)?)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The device-generic decode path: the decoder's own candle modules (norms, attention with RoPE,
 //! SwiGLU MLP, LM head) evaluated with a per-sequence KV cache held as tensors on the model's
 //! device, in the model's dtype. It runs wherever candle runs (CPU, CUDA, Metal), on f32, bf16 or
-//! f16 weights, and with unmerged LoRA adapters; on CPU f32 the fast path is quicker.
+//! f16 weights, and with unmerged LoRA adapters (merged per rollout into a copy of each adapted
+//! weight); on CPU f32 the fast path is quicker.
 //!
 //! One step advances `S` sequences by `n_s` new tokens each (a prefill is one sequence with
 //! `T` tokens, a decode step `S` sequences with one each). All `R = Σ n_s` new rows go through the
@@ -58,24 +59,29 @@ fn detach_norm(n: &RmsNorm) -> RmsNorm {
     }
 }
 
-/// A LoRA adapter keeps its variables (they are small) but loses its dropout: sampling is
-/// inference, PEFT's eval mode, and must not advance the training masks' stream.
-fn detach_linear(l: &Linear) -> Linear {
-    Linear {
-        weight: l.weight.detach(),
+/// The linear map with a detached weight. A LoRA adapter is merged into it, `W + s·B·A`, as
+/// PEFT's eval mode computes it: no dropout (sampling must not advance the training masks'
+/// stream), and no adapter variables left to record a graph.
+fn detach_linear(l: &Linear) -> Result<Linear> {
+    let weight = match &l.lora {
+        None => l.weight.detach(),
+        Some(a) => {
+            let delta = (a.b.as_tensor().detach().matmul(&a.a.as_tensor().detach())? * a.scale)?;
+            (l.weight.detach() + delta.to_dtype(l.weight.dtype())?)? // (out, in)
+        }
+    };
+    Ok(Linear {
+        weight,
         bias: l.bias.as_ref().map(Tensor::detach),
-        lora: l.lora.clone().map(|mut a| {
-            a.dropout = 0.0;
-            a
-        }),
-    }
+        lora: None,
+    })
 }
 
-fn detach_layer(l: &DecoderLayer) -> DecoderLayer {
+fn detach_layer(l: &DecoderLayer) -> Result<DecoderLayer> {
     let mut l = l.clone();
     let a = &mut l.self_attn;
     for p in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
-        *p = detach_linear(p);
+        *p = detach_linear(p)?;
     }
     for n in [&mut a.q_norm, &mut a.k_norm].into_iter().flatten() {
         *n = detach_norm(n);
@@ -84,21 +90,22 @@ fn detach_layer(l: &DecoderLayer) -> DecoderLayer {
     l.post_attention_layernorm = detach_norm(&l.post_attention_layernorm);
     let m = &mut l.mlp;
     for p in [&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj] {
-        *p = detach_linear(p);
+        *p = detach_linear(p)?;
     }
-    l
+    Ok(l)
 }
 
 impl<'a> TensorDecoder<'a> {
-    /// The tensor path over `d`'s modules, on `d`'s device and dtype.
-    pub(crate) fn new(d: &'a Decoder) -> Self {
-        Self {
+    /// The tensor path over `d`'s modules, on `d`'s device and dtype (LoRA adapters merged
+    /// into a copy of their layer's weight; every other weight shared, not copied).
+    pub(crate) fn new(d: &'a Decoder) -> Result<Self> {
+        Ok(Self {
             decoder: d,
             embed: d.embed_tokens().detach(),
-            layers: d.layers().iter().map(detach_layer).collect(),
+            layers: d.layers().iter().map(detach_layer).collect::<Result<_>>()?,
             norm: detach_norm(d.norm()),
-            lm_head: detach_linear(d.lm_head()),
-        }
+            lm_head: detach_linear(d.lm_head())?,
+        })
     }
 
     fn device(&self) -> &Device {
@@ -228,5 +235,61 @@ impl StepModel for TensorDecoder<'_> {
         prof.attention_s += t_att;
         prof.other_s += t_start.elapsed().as_secs_f64() - head - t_lin - t_att;
         Ok(logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fast_forward::{FastDecoder, WeightGuards};
+    use rlzero_model::{load, LoadOptions, ModelSource};
+
+    /// Chunked prefills (several new tokens over a non-empty cache: the causal bias with an
+    /// offset) and single-token steps that grow the caches past several 64-token chunks, for two
+    /// sequences at different lengths in one step: logits as the fast path's, step by step.
+    #[test]
+    fn steps_and_cache_growth_match_the_fast_path() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        for name in ["tiny-llama", "tiny-qwen3"] {
+            let m = load(&ModelSource::Dir(dir.join(name)), &LoadOptions::default()).unwrap();
+            let guards = WeightGuards::lock(&m.decoder).unwrap();
+            let fast = FastDecoder::new(&m.decoder, &guards).unwrap();
+            let tensor = TensorDecoder::new(&m.decoder).unwrap();
+            let (mut f1, mut f2) = (fast.new_cache(1), fast.new_cache(1));
+            let (mut t1, mut t2) = (
+                StepModel::new_cache(&tensor, 1).unwrap(),
+                StepModel::new_cache(&tensor, 1).unwrap(),
+            );
+            let mut worst = 0f32;
+            let mut check = |a: Vec<f32>, b: Vec<f32>| {
+                assert_eq!(a.len(), b.len());
+                for (x, y) in a.iter().zip(&b) {
+                    worst = worst.max((x - y).abs());
+                }
+            };
+            let prof = &mut StepProfile::default();
+            // Sequence 1 starts with 5 tokens then takes a chunk of 7; sequence 2 one of 3.
+            let (a, b, c) = ([5u32, 17, 99, 3, 64], [8u32, 42, 9, 100, 23, 77, 11], [30u32, 31, 32]);
+            check(
+                fast.step(&mut [&mut f1], &[&a], prof),
+                tensor.step(&mut [&mut t1], &[&a], prof).unwrap(),
+            );
+            check(
+                fast.step(&mut [&mut f1, &mut f2], &[&b, &c], prof),
+                tensor.step(&mut [&mut t1, &mut t2], &[&b, &c], prof).unwrap(),
+            );
+            // 150 single tokens each: both caches cross the 64- and 128-token chunks.
+            for i in 0..150u32 {
+                let (x, y) = ([5 + i % 100], [7 + (i * 3) % 100]);
+                check(
+                    fast.step(&mut [&mut f1, &mut f2], &[&x, &y], prof),
+                    tensor.step(&mut [&mut t1, &mut t2], &[&x, &y], prof).unwrap(),
+                );
+            }
+            assert_eq!((t1.len, t2.len), (162, 153));
+            assert!(t1.capacity >= 162 && t1.capacity % CHUNK == 0);
+            eprintln!("{name}: max |fast − tensor| logit {worst:e}");
+            assert!(worst < 1e-4, "{name}: {worst}");
+        }
     }
 }
