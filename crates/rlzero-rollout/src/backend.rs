@@ -1,9 +1,10 @@
 //! The model half of a rollout: one batched step over independent sequences, each with its own
-//! KV cache. `rollout()` is written once against [`StepModel`]; two backends implement it:
+//! KV cache. `rollout()` is written once against a crate-private `StepModel` trait; two backends
+//! implement it:
 //!
-//! * the fast CPU path ([`crate::fast_forward::FastDecoder`]): hand-written kernels on the f32
+//! * the fast CPU path (`fast_forward.rs`): hand-written kernels on the f32
 //!   weights' own memory, caches as plain `Vec<f32>`;
-//! * the tensor path ([`crate::tensor_forward::TensorDecoder`]): the decoder's own candle modules
+//! * the tensor path (`tensor_forward.rs`): the decoder's own candle modules
 //!   (attention, RoPE, MLP, norms) on whatever device and dtype its weights live, caches as
 //!   tensors on that device. It also runs unmerged LoRA adapters (merged into a copy of each
 //!   adapted weight for the rollout, without dropout, as PEFT's eval mode).
@@ -14,7 +15,7 @@
 use crate::error::Result;
 use crate::fast_forward::StepProfile;
 
-/// Which [`StepModel`] a rollout runs on.
+/// Which model step (backend) a rollout runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RolloutBackend {
     /// The fast CPU path when the decoder is f32 on the CPU without LoRA adapters, the tensor

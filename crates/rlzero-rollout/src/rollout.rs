@@ -12,7 +12,7 @@
 //!    as in TRL (issues #4159, #6789); with heavy truncation the samples are off-policy, so
 //!    keep the filters off for on-policy GRPO (details in `sampler.rs`).
 //!
-//! The model steps come from a [`crate::backend::StepModel`]: the fast CPU kernels for f32
+//! The model steps come from a backend (`backend.rs`): the fast CPU kernels for f32
 //! weights on the CPU, the decoder's own tensor ops elsewhere ([`RolloutBackend`]). Sampling
 //! runs on the host from each step's last-position logits, so seeding and stop rules are the same
 //! on every backend.
