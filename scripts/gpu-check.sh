@@ -47,6 +47,7 @@ export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 
 build() {
   if [[ "$FEATURES" == *cuda* ]] && ! command -v nvcc >/dev/null; then
+    cargo fetch
     eval "$(scripts/install-cuda-toolkit.sh --print-env)"
   fi
   log "building with features '${FEATURES}' for sm_$CUDA_COMPUTE_CAP"
