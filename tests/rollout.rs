@@ -3,18 +3,13 @@
 
 mod common;
 
-use common::fixtures;
-use rlzero::model::{load, LoadOptions, LoadedModel, ModelSource, WeightMode};
+use rlzero::model::{LoadedModel, WeightMode};
 use rlzero::rollout::{
     rollout, rollout_on, FinishReason, RolloutBackend, RolloutError, SamplingParams,
 };
 
 fn tiny(name: &str) -> LoadedModel {
-    let opts = LoadOptions {
-        mode: WeightMode::Trainable,
-        ..LoadOptions::default()
-    };
-    load(&ModelSource::Dir(fixtures().join(name)), &opts).unwrap()
+    common::tiny_model(name)
 }
 
 fn prompts() -> Vec<Vec<u32>> {

@@ -5,16 +5,11 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::fixtures;
-use rlzero::model::{load, LoadOptions, LoadedModel, LogitsToKeep, ModelSource, WeightMode};
+use rlzero::model::{LoadedModel, LogitsToKeep, WeightMode};
 use rlzero::rollout::{rollout_on, Completion, RolloutBackend, SamplingParams};
 
 fn tiny(name: &str) -> LoadedModel {
-    let opts = LoadOptions {
-        mode: WeightMode::Trainable,
-        ..LoadOptions::default()
-    };
-    load(&ModelSource::Dir(fixtures().join(name)), &opts).unwrap()
+    common::tiny_model(name)
 }
 
 /// Prompts of different lengths, so caches of one decode step hold different numbers of tokens.
@@ -35,7 +30,11 @@ fn run(m: &LoadedModel, backend: RolloutBackend, p: &SamplingParams) -> Vec<Comp
 fn worst_logprob_gap(a: &[Completion], b: &[Completion]) -> f32 {
     let mut worst = 0f32;
     for (x, y) in a.iter().zip(b) {
-        assert_eq!(x.token_ids, y.token_ids, "prompt {} sample {}", x.prompt_index, x.sample_index);
+        assert_eq!(
+            x.token_ids, y.token_ids,
+            "prompt {} sample {}",
+            x.prompt_index, x.sample_index
+        );
         for (p, q) in x.logprobs.iter().zip(&y.logprobs) {
             worst = worst.max((p - q).abs());
         }
@@ -108,7 +107,10 @@ fn the_decoder_in_bf16_tracks_f32() {
         let worst = gap.max(0).unwrap().to_scalar::<f32>().unwrap();
         let mean = gap.mean(0).unwrap().to_scalar::<f32>().unwrap();
         eprintln!("{name}: bf16 vs f32 log-prob gap max {worst:.4}, mean {mean:.5}");
-        assert!(worst < 0.5 && mean < 0.04, "{name}: max {worst}, mean {mean}");
+        assert!(
+            worst < 0.5 && mean < 0.04,
+            "{name}: max {worst}, mean {mean}"
+        );
     }
 }
 
@@ -118,7 +120,10 @@ fn the_decoder_in_bf16_tracks_f32() {
 fn a_bf16_decoder_rolls_out_on_the_tensor_path() {
     let lm = tiny("tiny-qwen3");
     let m = LoadedModel {
-        decoder: lm.decoder.to_dtype(DType::BF16, WeightMode::Frozen).unwrap(),
+        decoder: lm
+            .decoder
+            .to_dtype(DType::BF16, WeightMode::Frozen)
+            .unwrap(),
         ..lm
     };
     let p = SamplingParams {
@@ -132,7 +137,10 @@ fn a_bf16_decoder_rolls_out_on_the_tensor_path() {
         let mut ids = prompts()[c.prompt_index].clone();
         ids.extend(&c.token_ids);
         let n = c.token_ids.len();
-        let x = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let x = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let logits = m
             .decoder
             .forward(&x, &x.ones_like().unwrap(), LogitsToKeep::Last(n + 1))

@@ -33,6 +33,20 @@ pub fn reference(name: &str) -> HashMap<String, Tensor> {
     .expect("reference fixture")
 }
 
+/// A tiny fixture through the loader (decoder, tokenizer, generation config), trainable f32 on
+/// the CPU.
+pub fn tiny_model(name: &str) -> rlzero::model::LoadedModel {
+    let opts = rlzero::model::LoadOptions {
+        mode: WeightMode::Trainable,
+        ..Default::default()
+    };
+    rlzero::model::load(
+        &rlzero::model::ModelSource::Dir(fixtures().join(name)),
+        &opts,
+    )
+    .unwrap()
+}
+
 /// A tiny fixture's decoder in `dtype` and `mode`, from config.json + model.safetensors only.
 pub fn tiny_decoder(name: &str, dtype: DType, mode: WeightMode) -> Decoder {
     let dir = fixtures().join(name);
