@@ -79,8 +79,15 @@ fn main() -> Result<()> {
         let mut last = None;
         for run in 0..=runs {
             let t0 = Instant::now();
-            let (out, stats) =
-                rollout_on(backend, &m.decoder, &m.tokenizer, batch, 8, &params, run as u64)?;
+            let (out, stats) = rollout_on(
+                backend,
+                &m.decoder,
+                &m.tokenizer,
+                batch,
+                8,
+                &params,
+                run as u64,
+            )?;
             let dt = t0.elapsed().as_secs_f64();
             let generated: usize = out.iter().map(|c| c.token_ids.len()).sum();
             if run > 0 {

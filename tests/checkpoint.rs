@@ -180,7 +180,9 @@ fn bf16_runs_resume_from_their_f32_master() {
     let ckpt = checkpoint_dir(dir.path(), 2);
     let mut first = Trainer::new(cfg.clone(), tiny(), low_words()).unwrap();
     let mut got = run(&mut first, 2);
-    first.save_checkpoint(&ckpt, serde_json::Value::Null).unwrap();
+    first
+        .save_checkpoint(&ckpt, serde_json::Value::Null)
+        .unwrap();
     drop(first);
     let (mut second, _) = Trainer::resume(cfg, tiny(), low_words(), &ckpt, false).unwrap();
     got.extend(run(&mut second, 3));

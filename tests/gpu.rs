@@ -126,7 +126,9 @@ fn cuda_bf16_mixed_precision_learns() {
     cfg.precision = Precision::Bf16;
     let mut t = Trainer::new(cfg, tiny_on(&gpu), low_words()).unwrap();
     let mut ps = prompts();
-    let curve: Vec<f64> = (0..40).map(|_| t.step(&mut ps).unwrap().metrics.reward).collect();
+    let curve: Vec<f64> = (0..40)
+        .map(|_| t.step(&mut ps).unwrap().metrics.reward)
+        .collect();
     eprintln!("cuda bf16 reward curve: {curve:?}");
     assert!(curve[35..].iter().sum::<f64>() / 5.0 > 0.8);
 }

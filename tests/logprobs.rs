@@ -148,18 +148,28 @@ fn half_precision_logits_take_the_composed_path_in_f32() {
     let zh = Var::from_tensor(&logits(n, v, DType::BF16)).unwrap();
     let zf = Var::from_tensor(&zh.to_dtype(DType::F32).unwrap()).unwrap();
     let y = Tensor::from_vec(
-        (0..n as u32).map(|i| (i * 7) % v as u32).collect::<Vec<_>>(),
+        (0..n as u32)
+            .map(|i| (i * 7) % v as u32)
+            .collect::<Vec<_>>(),
         n,
         &Device::Cpu,
     )
     .unwrap();
     let ours = selective_log_softmax(zh.as_tensor(), &y, t).unwrap();
-    assert_eq!(ours.dtype(), DType::F32, "log-probs of bf16 logits come back in f32");
+    assert_eq!(
+        ours.dtype(),
+        DType::F32,
+        "log-probs of bf16 logits come back in f32"
+    );
     let want = selective_log_softmax(zf.as_tensor(), &y, t).unwrap();
     let diff = common::max_abs_diff(&ours, &want);
     assert!(diff < 1e-5, "values differ by {diff}");
-    let w = Tensor::from_vec((0..n).map(|i| i as f32 - 4.0).collect::<Vec<_>>(), n, &Device::Cpu)
-        .unwrap();
+    let w = Tensor::from_vec(
+        (0..n).map(|i| i as f32 - 4.0).collect::<Vec<_>>(),
+        n,
+        &Device::Cpu,
+    )
+    .unwrap();
     let gh = ours.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
     let gf = want.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
     let gh = gh.get(&zh).expect("grad").to_dtype(DType::F32).unwrap();

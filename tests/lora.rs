@@ -419,7 +419,10 @@ fn rollouts_run_adapters_merged_or_on_the_tensor_path() -> Result<()> {
         assert_eq!(c.logprobs.len(), want.len());
         for ((a, u), b) in c.logprobs.iter().zip(&u.logprobs).zip(&want) {
             assert!((a - b).abs() <= 1e-4, "rollout {a} vs adapted trainer {b}");
-            assert!((u - b).abs() <= 1e-4, "tensor path {u} vs adapted trainer {b}");
+            assert!(
+                (u - b).abs() <= 1e-4,
+                "tensor path {u} vs adapted trainer {b}"
+            );
         }
     }
     Ok(())

@@ -24,7 +24,11 @@ fn assert_copy_follows_master(t: &Trainer) {
         assert_eq!(n, n2);
         assert_eq!(m.dtype(), DType::F32, "{n}: the master stays f32");
         assert_eq!(c.dtype(), DType::BF16, "{n}: the working copy is bf16");
-        let want = m.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+        let want = m
+            .to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
         let got = c.to_dtype(DType::F32).unwrap();
         assert_eq!(common::max_abs_diff(&want, &got), 0.0, "{n}");
     }
@@ -44,7 +48,10 @@ fn bf16_working_copy_with_f32_master_learns() {
         curve.push(r.metrics.reward);
     }
     eprintln!("{moved} of 40 steps had a non-zero gradient");
-    assert!(moved >= 10, "gradients reach the master: {moved} steps moved");
+    assert!(
+        moved >= 10,
+        "gradients reach the master: {moved} steps moved"
+    );
     assert_copy_follows_master(&t);
     eprintln!("bf16 reward curve: {curve:?}");
     let start = curve[..3].iter().sum::<f64>() / 3.0;
@@ -70,7 +77,12 @@ fn small_updates_accumulate_in_the_master() {
                 .unwrap()
                 .iter()
                 .flat_map(|(_, v)| {
-                    v.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                    v.to_dtype(DType::F32)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
                 })
                 .collect()
         };
@@ -88,9 +100,15 @@ fn small_updates_accumulate_in_the_master() {
     let (m1, c1) = snapshot(&t);
     let moved = |a: &[f32], b: &[f32]| a.iter().zip(b).filter(|(x, y)| x != y).count();
     let (master_moved, copy_moved) = (moved(&m0, &m1), moved(&c0, &c1));
-    eprintln!("of {} weights: {master_moved} moved in the master, {copy_moved} in the copy", m0.len());
+    eprintln!(
+        "of {} weights: {master_moved} moved in the master, {copy_moved} in the copy",
+        m0.len()
+    );
     assert!(master_moved > m0.len() / 2, "the master takes the updates");
-    assert!(copy_moved * 4 < master_moved, "most are below bf16's resolution");
+    assert!(
+        copy_moved * 4 < master_moved,
+        "most are below bf16's resolution"
+    );
 }
 
 /// The step really runs in bf16: its gradient differs from the f32 run's on the same batch.
@@ -105,7 +123,10 @@ fn the_step_runs_on_the_bf16_copy() {
     eprintln!("grad_norm f32 {} bf16 {}", f.grad_norm, h.grad_norm);
     assert!(f.grad_norm > 0.0 && h.grad_norm > 0.0);
     let rel = (f.grad_norm - h.grad_norm).abs() / f.grad_norm;
-    assert!(rel > 1e-6 && rel < 0.2, "bf16 rounding shows, within reason: {rel}");
+    assert!(
+        rel > 1e-6 && rel < 0.2,
+        "bf16 rounding shows, within reason: {rel}"
+    );
 }
 
 #[test]

@@ -101,7 +101,12 @@ impl Trainer {
         // π_ref = the initial policy (TRL); for LoRA, the base without adapters (shared storage).
         // In bf16 mode the reference is the bf16 copy's, so both log-probs round alike.
         let reference = if cfg.loss.beta > 0.0 {
-            Some(compute.as_ref().map_or(&policy, |c| c.decoder()).frozen_copy()?)
+            Some(
+                compute
+                    .as_ref()
+                    .map_or(&policy, |c| c.decoder())
+                    .frozen_copy()?,
+            )
         } else {
             None
         };
@@ -342,12 +347,8 @@ impl Trainer {
                     // With recomputation the log-probs are a leaf of the loss's graph; the
                     // decoder's gradients come from `Recomputed::backward` below.
                     let (scores, tape, leaf) = if cfg.gradient_checkpointing {
-                        let r = Recomputed::forward(
-                            working,
-                            &batch,
-                            cfg.sampling.temperature,
-                            true,
-                        )?;
+                        let r =
+                            Recomputed::forward(working, &batch, cfg.sampling.temperature, true)?;
                         let leaf = Var::from_tensor(&r.scores.logprobs)?;
                         let scores = CompletionScores {
                             logprobs: leaf.as_tensor().clone(),
@@ -355,12 +356,8 @@ impl Trainer {
                         };
                         (scores, Some(r), Some(leaf))
                     } else {
-                        let s = completion_logprobs(
-                            working,
-                            &batch,
-                            cfg.sampling.temperature,
-                            true,
-                        )?;
+                        let s =
+                            completion_logprobs(working, &batch, cfg.sampling.temperature, true)?;
                         (s, None, None)
                     };
                     let old = mb.old.as_ref().map(&part).transpose()?;
@@ -520,9 +517,9 @@ impl Trainer {
                         cfg.sampling.temperature,
                         false,
                     )?
-                        .logprobs
-                        .detach()
-                        .to_dtype(DType::F32)?,
+                    .logprobs
+                    .detach()
+                    .to_dtype(DType::F32)?,
                 ),
             };
             let reference = match &self.reference {

@@ -117,6 +117,7 @@ pub fn positions_and_bias(mask: &Tensor, dtype: DType) -> Result<(Tensor, Tensor
     let (b, t) = mask.dims2()?;
     let dev = mask.device();
     let m = mask.to_dtype(DType::F32)?; // (B, T)
+
     // Real tokens count up from 0; padding gets (count − 1)·0 = 0.
     let positions = ((m.cumsum(1)? - 1.0)? * &m)?; // (B, T)
     let ar = Tensor::arange(0u32, t as u32, dev)?;
@@ -127,7 +128,9 @@ pub fn positions_and_bias(mask: &Tensor, dtype: DType) -> Result<(Tensor, Tensor
         .unsqueeze(0)?
         .broadcast_mul(&m.unsqueeze(1)?)? // (B, T, T): j ≤ i and j real
         .broadcast_maximum(&diag.unsqueeze(0)?)?; // or j = i
-    let bias = additive(&allowed)?.reshape((b, 1, 1, t, t))?.to_dtype(dtype)?;
+    let bias = additive(&allowed)?
+        .reshape((b, 1, 1, t, t))?
+        .to_dtype(dtype)?;
     Ok((positions, bias))
 }
 

@@ -25,10 +25,10 @@ use rlzero_model::{Decoder, TextTokenizer};
 use crate::backend::{RolloutBackend, StepModel};
 use crate::error::{Result, RolloutError};
 use crate::fast_forward::{FastDecoder, StepProfile, WeightGuards};
-use crate::tensor_forward::TensorDecoder;
 use crate::params::SamplingParams;
 use crate::rng::SampleRng;
 use crate::sampler::sample;
+use crate::tensor_forward::TensorDecoder;
 
 /// Why a completion ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,9 +20,9 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use rlzero_model::decoder::DecoderLayer;
 use rlzero_model::layers::{Linear, RmsNorm};
 use rlzero_model::mask::cached_causal_bias;
-use rlzero_model::decoder::DecoderLayer;
 use rlzero_model::Decoder;
 
 use crate::backend::StepModel;
@@ -185,6 +185,7 @@ impl StepModel for TensorDecoder<'_> {
         let positions = Tensor::from_vec(positions, (1, rows), dev)?;
         let (cos, sin) = self.decoder.rotary().cos_sin(&positions, dtype)?; // (1, 1, R, d)
         let mut x = self.embed.index_select(&ids, 0)?.unsqueeze(0)?; // (1, R, hidden)
+
         // A decode row sees its whole cache: no bias (a broadcast zero).
         let no_bias = Tensor::zeros((1, 1, 1, 1, 1), dtype, dev)?;
         for (li, layer) in self.layers.iter().enumerate() {
@@ -213,7 +214,10 @@ impl StepModel for TensorDecoder<'_> {
             t_att += t.elapsed().as_secs_f64();
             let t = Instant::now();
             let h = (&x + a.o_proj.forward(&heads)?)?;
-            x = (&h + layer.mlp.forward(&layer.post_attention_layernorm.forward(&h)?)?)?;
+            x = (&h
+                + layer
+                    .mlp
+                    .forward(&layer.post_attention_layernorm.forward(&h)?)?)?;
             t_lin += t.elapsed().as_secs_f64();
         }
         let mut last = Vec::with_capacity(tokens.len());
@@ -227,8 +231,12 @@ impl StepModel for TensorDecoder<'_> {
         let last = Tensor::from_vec(last, tokens.len(), dev)?;
         let h = x.squeeze(0)?.index_select(&last, 0)?; // (S, hidden)
         let logits = self.lm_head.forward(&self.norm.forward(&h)?)?; // (S, V)
+
         // The copy to the host waits for the device, so the head's time includes any queued work.
-        let logits = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let logits = logits
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let head = t_head.elapsed().as_secs_f64();
         prof.lm_head_s += head;
         prof.linear_s += t_lin;
@@ -269,21 +277,29 @@ mod tests {
             };
             let prof = &mut StepProfile::default();
             // Sequence 1 starts with 5 tokens then takes a chunk of 7; sequence 2 one of 3.
-            let (a, b, c) = ([5u32, 17, 99, 3, 64], [8u32, 42, 9, 100, 23, 77, 11], [30u32, 31, 32]);
+            let (a, b, c) = (
+                [5u32, 17, 99, 3, 64],
+                [8u32, 42, 9, 100, 23, 77, 11],
+                [30u32, 31, 32],
+            );
             check(
                 fast.step(&mut [&mut f1], &[&a], prof),
                 tensor.step(&mut [&mut t1], &[&a], prof).unwrap(),
             );
             check(
                 fast.step(&mut [&mut f1, &mut f2], &[&b, &c], prof),
-                tensor.step(&mut [&mut t1, &mut t2], &[&b, &c], prof).unwrap(),
+                tensor
+                    .step(&mut [&mut t1, &mut t2], &[&b, &c], prof)
+                    .unwrap(),
             );
             // 150 single tokens each: both caches cross the 64- and 128-token chunks.
             for i in 0..150u32 {
                 let (x, y) = ([5 + i % 100], [7 + (i * 3) % 100]);
                 check(
                     fast.step(&mut [&mut f1, &mut f2], &[&x, &y], prof),
-                    tensor.step(&mut [&mut t1, &mut t2], &[&x, &y], prof).unwrap(),
+                    tensor
+                        .step(&mut [&mut t1, &mut t2], &[&x, &y], prof)
+                        .unwrap(),
                 );
             }
             assert_eq!((t1.len, t2.len), (162, 153));
