@@ -19,14 +19,19 @@ pub fn keep_freed_memory() -> bool {
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod imp {
-    /// glibc rejects mmap thresholds above half its 64 MiB heap size.
-    const MMAP_THRESHOLD: libc::c_int = 32 << 20;
+    /// Heap growth per `brk`: fewer system calls while the first step builds the heap up.
+    const TOP_PAD: libc::c_int = 64 << 20;
 
     pub fn keep_freed_memory() -> bool {
         // SAFETY: mallopt only changes allocator tunables; it is safe to call at any time.
         unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-                && libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) == 1
+            // M_MMAP_MAX = 0: no request is served by its own mmap (glibc caps M_MMAP_THRESHOLD
+            // at 32 MiB, and a SmolLM2 step frees and re-maps ~20 logits-sized buffers).
+            // M_TRIM_THRESHOLD = -1 disables trimming (mallopt(3)); INT_MAX would still trim
+            // whenever 2 GiB at the top of the heap were free, which a step's backward does.
+            libc::mallopt(libc::M_MMAP_MAX, 0) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, -1) == 1
+                && libc::mallopt(libc::M_TOP_PAD, TOP_PAD) == 1
         }
     }
 }
