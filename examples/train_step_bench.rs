@@ -76,7 +76,7 @@ fn main() -> Result<()> {
     let attention_mask = input_ids.ones_like()?; // (B, T)
     let targets = Tensor::from_vec(comp, BATCH * COMP, &dev)?; // (B·C,)
     let comp_mask = Tensor::ones((BATCH, COMP), candle_core::DType::F32, &dev)?; // (B, C)
-    // The script's advantages: rewards [1,0,0,1,0,0,0,1], group-normalised (Bessel, + 1e-4).
+                                                                                 // The script's advantages: rewards [1,0,0,1,0,0,0,1], group-normalised (Bessel, + 1e-4).
     let rewards = [1.0f32, 0., 0., 1., 0., 0., 0., 1.];
     let mean = rewards.iter().sum::<f32>() / BATCH as f32;
     let var = rewards.iter().map(|r| (r - mean).powi(2)).sum::<f32>() / (BATCH - 1) as f32;

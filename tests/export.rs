@@ -205,7 +205,9 @@ fn lora_runs_export_merged_weights_and_a_peft_adapter() {
     export_default(&m, &out);
     let back = load_dir(&out, WeightMode::Frozen);
     let d = max_abs_diff(&logits(&back.decoder, name), &adapted);
-    assert!(d <= 1e-5, "merged export vs adapted logits: {d}");
+    // f32 rounding only: `(W + s·BA)x` and `Wx + s·B(Ax)` round differently. Measured 9.2e-6
+    // with candle's composed norm/softmax/SiLU and 1.06e-5 with rlzero's fused ops.
+    assert!(d <= 2e-5, "merged export vs adapted logits: {d}");
     assert_eq!(
         header(&out.join("model.safetensors")),
         header(&fixtures().join(name).join("model.safetensors")),

@@ -6,10 +6,11 @@
 //! copying k/v `H/KV` times, the query heads of one group are folded into the row dimension:
 //! `(B, KV, G·T, d) @ (B, KV, d, T)`, so the weights of k/v are never duplicated in memory.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::Tensor;
 
 use crate::config::{Architecture, DecoderConfig};
 use crate::error::Result;
+use crate::fused;
 use crate::layers::{Linear, RmsNorm};
 use crate::rope;
 use crate::weights::Vb;
@@ -110,21 +111,14 @@ impl Attention {
         let g = h / self.n_kv;
         let scale = 1.0 / (d as f64).sqrt();
         let q = q.reshape((b, self.n_kv, g * tq, d))?; // (B, KV, G·Tq, d)
-        let scores = (q.matmul(&k.t()?)? * scale)?; // (B, KV, G·Tq, Tk)
-        let scores = scores
-            .reshape((b, self.n_kv, g, tq, tk))?
-            .broadcast_add(bias)?;
-        // ops::softmax is built from differentiable primitives; softmax_last_dim is not. Half
-        // precision scores are upcast first, as transformers' eager attention does
-        // (`softmax(..., dtype=torch.float32)`): a bf16 exp-sum over thousands of keys drifts.
-        let dtype = scores.dtype();
-        let probs = match dtype {
-            DType::BF16 | DType::F16 => {
-                candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?
-                    .to_dtype(dtype)?
-            }
-            _ => candle_nn::ops::softmax(&scores, D::Minus1)?,
-        };
+        let scores = q.matmul(&k.t()?)?.reshape((b, h, tq, tk))?; // (B, KV·G, Tq, Tk)
+                                                                  // bias (Bm, 1, 1, Tq, Tk) → (Bm, Tq, Tk), shared by every head; a broadcast bias
+                                                                  // (the decode step's scalar zero) is expanded first.
+        let bm = bias.dim(0)?;
+        let bias = bias
+            .broadcast_as((bm, 1, 1, tq, tk))?
+            .reshape((bm, tq, tk))?;
+        let probs = fused::masked_softmax(&scores, &bias, scale)?; // (B, H, Tq, Tk)
         let probs = probs.reshape((b, self.n_kv, g * tq, tk))?;
         let out = probs.matmul(v)?; // (B, KV, G·Tq, d)
         let out = out.reshape((b, h, tq, d))?.transpose(1, 2)?; // (B, Tq, H, d)

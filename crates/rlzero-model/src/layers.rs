@@ -1,14 +1,15 @@
 //! The small differentiable building blocks of a decoder: linear maps, RMSNorm, the SwiGLU MLP.
 //!
-//! Each is written with ops that have a backward pass in candle; the fused kernels
-//! (`candle_nn::ops::rms_norm`, `RmsNorm::forward`) drop gradients silently. A [`Linear`] with a
+//! Each has a backward pass: RMSNorm and SwiGLU's gate are [`crate::fused`] ops (candle's own
+//! `candle_nn::ops::rms_norm` and `RmsNorm::forward` drop gradients silently). A [`Linear`] with a
 //! frozen weight under a graph that tracks gradients goes through
 //! [`crate::frozen_linear::frozen_matmul`], which skips candle's weight-gradient gemm.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::Tensor;
 
 use crate::error::Result;
 use crate::frozen_linear::frozen_matmul;
+use crate::fused;
 use crate::lora::LoraAdapter;
 use crate::weights::Vb;
 
@@ -86,17 +87,10 @@ impl RmsNorm {
         })
     }
 
-    /// Normalises over the last dimension.
+    /// Normalises over the last dimension ([`crate::fused::rms_norm`]: one op with a backward
+    /// pass on the CPU, candle's differentiable ops elsewhere).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let internal = match dtype {
-            DType::F16 | DType::BF16 => DType::F32,
-            d => d,
-        };
-        let xf = x.to_dtype(internal)?;
-        let var = xf.sqr()?.mean_keepdim(D::Minus1)?; // (..., 1)
-        let normed = xf.broadcast_mul(&(var + self.eps)?.sqrt()?.recip()?)?;
-        Ok(normed.to_dtype(dtype)?.broadcast_mul(&self.weight)?)
+        fused::rms_norm(x, &self.weight, self.eps)
     }
 }
 
@@ -123,8 +117,8 @@ impl Mlp {
 
     /// `(…, hidden) → (…, hidden)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.silu()?; // (B, T, I)
+        let gate = self.gate_proj.forward(x)?; // (B, T, I)
         let up = self.up_proj.forward(x)?; // (B, T, I)
-        self.down_proj.forward(&(gate * up)?)
+        self.down_proj.forward(&fused::silu_mul(&gate, &up)?)
     }
 }

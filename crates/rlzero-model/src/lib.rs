@@ -20,6 +20,7 @@ pub mod device;
 pub mod error;
 pub mod export;
 pub mod frozen_linear;
+pub mod fused;
 pub mod gguf;
 mod gguf_scan;
 pub mod gguf_tokenizer;

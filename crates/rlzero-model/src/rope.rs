@@ -7,8 +7,8 @@
 //! `rope(x) = x ⊙ cos(p f) + rotate_half(x) ⊙ sin(p f)`, `rotate_half([a, b]) = [-b, a]`.
 //!
 //! Positions are per row (`(B, T)`), so left-padded prompts rotate their first real token as
-//! position 0, exactly as an unpadded batch of one would. Built from differentiable ops only
-//! (candle's fused `rope` has no backward).
+//! position 0, exactly as an unpadded batch of one would. [`apply`] has a backward pass
+//! (candle's fused `rope` has none).
 //!
 //! ```
 //! use candle_core::{Device, Tensor, DType};
@@ -99,15 +99,8 @@ impl Rotary {
     }
 }
 
-/// `[-x2, x1]` for `x = [x1, x2]` split along the last dimension.
-fn rotate_half(x: &Tensor) -> Result<Tensor> {
-    let d = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-    let x2 = x.narrow(D::Minus1, d / 2, d - d / 2)?;
-    Ok(Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?)
-}
-
-/// Rotates `x` `(B, H, T, d)` by tables from [`Rotary::cos_sin`] `(B, 1, T, d)`.
+/// Rotates `x` `(B, H, T, d)` by tables from [`Rotary::cos_sin`] `(B, 1, T, d)`:
+/// [`crate::fused::rope`], one op with a backward pass on the CPU.
 pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    Ok((x.broadcast_mul(cos)? + rotate_half(x)?.broadcast_mul(sin)?)?)
+    crate::fused::rope(x, cos, sin)
 }

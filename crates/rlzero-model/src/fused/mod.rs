@@ -1,0 +1,184 @@
+//! Fused CPU kernels with real backward passes for the training forward: RMSNorm, the masked
+//! attention softmax, SwiGLU's `silu(gate) ⊙ up` and rotary embeddings.
+//!
+//! candle's own fused kernels for these (`ops::rms_norm`, `softmax_last_dim`, `rope`) have no
+//! backward and drop gradients silently; the differentiable alternative composes 5–15
+//! elementwise ops, each a full pass over memory and an allocation in the forward, and as many
+//! again in the backward. Each op here is one `CustomOp` pass forward and one backward, which
+//! recomputes what it needs from the op's inputs or output (the graph keeps those anyway).
+//!
+//! Every public function serves f32/f64 tensors on the CPU with the fused kernel and anything
+//! else (a GPU, bf16/f16) with the composed candle ops, which are also public
+//! (`*_composed`) as the reference the tests check the kernels against, values and gradients.
+//! Rows are split across rayon tasks at fixed boundaries and every reduction runs in a fixed
+//! order, so results do not depend on the thread count.
+
+use candle_core::{DType, Layout, Tensor, WithDType};
+
+pub mod rms_norm;
+pub mod rope;
+pub mod softmax;
+pub mod swiglu;
+
+pub use rms_norm::{rms_norm, rms_norm_composed};
+pub use rope::{rope, rope_composed};
+pub use softmax::{masked_softmax, masked_softmax_composed};
+pub use swiglu::{silu_mul, silu_mul_composed};
+
+/// Rows handed to one rayon task: enough work per task to amortise scheduling.
+pub(crate) const ROWS_PER_TASK: usize = 16;
+
+/// The float types the kernels run in, with the two transcendental functions they need.
+pub(crate) trait Real: WithDType {
+    const ZERO: Self;
+    const ONE: Self;
+    fn exp(self) -> Self;
+    fn sqrt(self) -> Self;
+}
+
+impl Real for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    fn exp(self) -> Self {
+        f32::exp(self)
+    }
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+}
+
+impl Real for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+}
+
+/// Whether the fused kernels serve `t`: f32/f64 on the CPU.
+pub(crate) fn cpu_float(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+/// The elements of a contiguous `l` in `s`, or an error naming `what`.
+pub(crate) fn contiguous<'a, T: WithDType>(
+    s: &'a [T],
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => s
+            .get(a..b)
+            .ok_or_else(|| candle_core::Error::Msg(format!("{what}: layout outside its storage"))),
+        None => candle_core::bail!("{what} must be contiguous"),
+    }
+}
+
+/// Runs `$body` (a generic kernel returning `Vec<T>`) with each `$v` bound to the contiguous
+/// f32 or f64 slice of storage `$s` (all of one dtype), and wraps the result as storage.
+macro_rules! dispatch {
+    ($name:expr, [$(($v:ident, $s:expr, $l:expr)),+], $body:expr) => {
+        match ($($s,)+) {
+            ($(candle_core::CpuStorage::F32($v),)+) => {
+                $(let $v = $crate::fused::contiguous($v, $l, $name)?;)+
+                candle_core::CpuStorage::F32($body)
+            }
+            ($(candle_core::CpuStorage::F64($v),)+) => {
+                $(let $v = $crate::fused::contiguous($v, $l, $name)?;)+
+                candle_core::CpuStorage::F64($body)
+            }
+            _ => candle_core::bail!("{}: f32 or f64 inputs of one dtype only", $name),
+        }
+    };
+}
+pub(crate) use dispatch;
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use candle_core::{DType, Device, Tensor, Var};
+
+    /// A reproducible `(dims)` f64 tensor with entries in about [−2, 2].
+    pub fn randn(dims: &[usize], seed: u64) -> Tensor {
+        let n: usize = dims.iter().product();
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+        let v: Vec<f64> = (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0
+            })
+            .collect();
+        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+    }
+
+    pub fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    /// Gradients of `Σ f(inputs) ⊙ w` (w a fixed random weight) with respect to each input.
+    pub fn grads(f: &dyn Fn(&[Tensor]) -> Tensor, inputs: &[Tensor], seed: u64) -> Vec<Tensor> {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let y = f(&ts);
+        let w = randn(y.dims(), seed).to_dtype(y.dtype()).unwrap();
+        let g = (y * w).unwrap().sum_all().unwrap().backward().unwrap();
+        vars.iter()
+            .map(|v| g.get(v.as_tensor()).unwrap().clone())
+            .collect()
+    }
+
+    /// Central finite differences of `Σ f(inputs) ⊙ w` with respect to input `which`, at a
+    /// few coordinates, compared with `analytic` (f64 inputs).
+    pub fn check_fd(
+        f: &dyn Fn(&[Tensor]) -> Tensor,
+        inputs: &[Tensor],
+        which: usize,
+        analytic: &Tensor,
+        seed: u64,
+    ) {
+        let y0 = f(inputs);
+        let w = randn(y0.dims(), seed);
+        let loss = |ins: &[Tensor]| -> f64 {
+            (f(ins) * &w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let base: Vec<f64> = inputs[which].flatten_all().unwrap().to_vec1().unwrap();
+        let an: Vec<f64> = analytic.flatten_all().unwrap().to_vec1().unwrap();
+        let h = 1e-5;
+        for k in (0..base.len()).step_by((base.len() / 7).max(1)) {
+            let at = |delta: f64| {
+                let mut v = base.clone();
+                v[k] += delta;
+                let mut ins = inputs.to_vec();
+                ins[which] = Tensor::from_vec(v, inputs[which].dims(), &Device::Cpu).unwrap();
+                loss(&ins)
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            assert!(
+                (fd - an[k]).abs() <= 1e-6 * (1.0 + an[k].abs()),
+                "input {which} coordinate {k}: finite difference {fd}, backward {}",
+                an[k]
+            );
+        }
+    }
+}
