@@ -117,6 +117,12 @@ struct Args {
     /// Skip exporting the trained model to `<run>/final`.
     #[arg(long)]
     no_export: bool,
+    /// A wall-clock budget: stop after the first step that ends past it, then evaluate,
+    /// checkpoint and export as after `--steps`. The LR schedule still spans `--steps`. Counts
+    /// this invocation only (a resumed run gets a fresh budget).
+    #[arg(long, value_name = "MINUTES")]
+    #[serde(default)]
+    max_minutes: Option<f64>,
     /// US$ per device-hour for the run's cost estimate (default: a 2-vCPU cloud VM, an
     /// assumption; see `rlzero::run::ledger`).
     #[arg(long, default_value_t = 0.10)]
@@ -230,6 +236,9 @@ fn main() -> Result<()> {
     rlzero::malloc::keep_freed_memory();
     let cli = Args::parse();
     cli.log.init()?;
+    if let Some(m) = cli.max_minutes.filter(|m| !(m.is_finite() && *m > 0.0)) {
+        anyhow::bail!("--max-minutes must be a positive number of minutes, got {m}");
+    }
     // A resumed run takes the flags it was started with; only --steps may extend it.
     let (a, run_root) = match &cli.resume {
         Some(dir) => {
@@ -397,6 +406,15 @@ fn main() -> Result<()> {
             }
         }
         ckpt.maybe_save(&trainer, Value::Null)?;
+        if let Some(minutes) = cli.max_minutes {
+            if started.elapsed().as_secs_f64() >= minutes * 60.0 {
+                say(
+                    &bar,
+                    format!("--max-minutes {minutes}: stopping after step {}", m.step),
+                );
+                break;
+            }
+        }
     }
     bar.finish_and_clear();
     println!(

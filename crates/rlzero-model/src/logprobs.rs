@@ -33,29 +33,27 @@ use candle_core::{
 use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
+use crate::fused::{contiguous, Real};
 
 /// Rows handed to one rayon task: enough work per task to amortise scheduling.
 const ROWS_PER_TASK: usize = 8;
 
-/// `(max_j z_j/τ, log Σ_j exp(z_j/τ − max))` of one row, accumulated in f64 so the result
-/// does not depend on the vocabulary size's rounding.
-fn row_max_lse<T: WithDType>(row: &[T], inv_t: f64) -> (f64, f64) {
+/// `(max_j z_j/τ, log Σ_j exp(z_j/τ − max))` of one row. Exponents are taken in the logits'
+/// precision (vectorised, [`Real::exp`]) of arguments formed in f64, and summed in f64, so
+/// the result does not depend on the vocabulary size's rounding.
+fn row_max_lse<T: Real>(row: &[T], inv_t: f64) -> (f64, f64) {
     let max = row
         .iter()
         .fold(f64::NEG_INFINITY, |m, &z| m.max(z.to_f64() * inv_t));
-    let sum: f64 = row.iter().map(|&z| (z.to_f64() * inv_t - max).exp()).sum();
-    (max, sum.ln())
-}
-
-fn contiguous<'a, T: WithDType>(
-    s: &'a [T],
-    l: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s[a..b]),
-        None => candle_core::bail!("{what} must be contiguous"),
+    let mut sum = 0.0f64;
+    let mut buf = [T::ZERO; 64];
+    for chunk in row.chunks(buf.len()) {
+        for (b, &z) in buf.iter_mut().zip(chunk) {
+            *b = T::from_f64(z.to_f64() * inv_t - max).exp();
+        }
+        sum += buf[..chunk.len()].iter().map(|b| b.to_f64()).sum::<f64>();
     }
+    (max, sum.ln())
 }
 
 fn targets_vec(s: &CpuStorage, l: &Layout) -> candle_core::Result<Vec<usize>> {
@@ -90,7 +88,7 @@ struct SelectiveLogSoftmax {
     temperature: f64,
 }
 
-fn selective_fwd<T: WithDType>(z: &[T], v: usize, y: &[usize], inv_t: f64) -> Vec<T> {
+fn selective_fwd<T: Real>(z: &[T], v: usize, y: &[usize], inv_t: f64) -> Vec<T> {
     let mut out = vec![T::from_f64(0.0); y.len()];
     out.par_chunks_mut(ROWS_PER_TASK)
         .enumerate()
@@ -134,15 +132,18 @@ impl CustomOp2 for SelectiveLogSoftmax {
         &self,
         logits: &Tensor,
         targets: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let op = SelectiveLogSoftmaxGrad {
             temperature: self.temperature,
         };
-        // (N, V): ∂L/∂z_ij = g_i (1[j = y_i] − p_ij) / τ.
+        // (N, V): ∂L/∂z_ij = g_i (1[j = y_i] − p_ij) / τ. The forward's log-probs ride along
+        // (2, N): with them p_ij = exp(z_ij/τ − (z_{i,y_i}/τ − logp_i)) needs no second
+        // max / log-sum-exp pass over the row.
+        let g_and_logp = Tensor::stack(&[grad_res.to_dtype(res.dtype())?, res.clone()], 0)?;
         let grad = logits.contiguous()?.apply_op3_no_bwd(
-            &grad_res.contiguous()?,
+            &g_and_logp.contiguous()?,
             &targets.contiguous()?,
             &op,
         )?;
@@ -150,13 +151,15 @@ impl CustomOp2 for SelectiveLogSoftmax {
     }
 }
 
-/// The backward op: `(N, V)` logits, `(N,)` incoming gradient, `(N,)` targets → `(N, V)`.
+/// The backward op: `(N, V)` logits, `(2, N)` incoming gradient and forward log-probs, `(N,)`
+/// targets → `(N, V)`.
 struct SelectiveLogSoftmaxGrad {
     temperature: f64,
 }
 
-fn selective_bwd<T: WithDType>(z: &[T], v: usize, g: &[T], y: &[usize], inv_t: f64) -> Vec<T> {
-    let mut out = vec![T::from_f64(0.0); z.len()];
+fn selective_bwd<T: Real>(z: &[T], v: usize, gl: &[T], y: &[usize], inv_t: f64) -> Vec<T> {
+    let (g, logp) = gl.split_at(gl.len() / 2);
+    let mut out = vec![T::ZERO; z.len()];
     out.par_chunks_mut(v * ROWS_PER_TASK)
         .enumerate()
         .for_each(|(c, chunk)| {
@@ -167,10 +170,11 @@ fn selective_bwd<T: WithDType>(z: &[T], v: usize, g: &[T], y: &[usize], inv_t: f
                     continue; // a masked token: its gradient row is exactly zero
                 }
                 let row = &z[i * v..(i + 1) * v];
-                let (max, lse) = row_max_lse(row, inv_t);
-                let scale = -gi * inv_t;
+                // max + log Σ exp(z/τ − max), recovered from the forward's result.
+                let shift = row[y[i]].to_f64() * inv_t - logp[i].to_f64();
+                let scale = T::from_f64(-gi * inv_t);
                 for (o, &zj) in orow.iter_mut().zip(row) {
-                    *o = T::from_f64(scale * (zj.to_f64() * inv_t - max - lse).exp());
+                    *o = scale * T::from_f64(zj.to_f64() * inv_t - shift).exp();
                 }
                 orow[y[i]] = T::from_f64(orow[y[i]].to_f64() + gi * inv_t);
             }
@@ -310,7 +314,7 @@ struct Entropy {
     temperature: f64,
 }
 
-fn entropy_rows<T: WithDType>(z: &[T], v: usize, inv_t: f64) -> Vec<T> {
+fn entropy_rows<T: Real>(z: &[T], v: usize, inv_t: f64) -> Vec<T> {
     let n = z.len().checked_div(v).unwrap_or(0);
     let mut out = vec![T::from_f64(0.0); n];
     out.par_iter_mut().enumerate().for_each(|(i, o)| {

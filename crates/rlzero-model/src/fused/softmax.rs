@@ -91,11 +91,10 @@ fn forward<T: Real>(s: &[T], bias: &[T], geo: (usize, usize, usize, usize), scal
                         max = *o;
                     }
                 }
-                let mut sum = T::ZERO;
                 for o in yr.iter_mut() {
-                    *o = (*o - max).exp();
-                    sum += *o;
+                    *o = (*o - max).exp(); // a loop of its own, so that it vectorises
                 }
+                let sum = yr.iter().fold(T::ZERO, |acc, &v| acc + v);
                 for o in yr.iter_mut() {
                     *o /= sum;
                 }
