@@ -4,9 +4,11 @@
 //! malloc serves large requests with fresh `mmap`s and returns them to the OS on `free`, so
 //! every step pays the kernel to fault in and zero the same pages again: measured on the 2-core
 //! CI machine, `clear_page` and page-fault handling took over a third of a SmolLM2 GRPO step.
-//! [`keep_freed_memory`] tells glibc to serve those tensors from its heap (below the 32 MiB
-//! ceiling glibc allows for `M_MMAP_THRESHOLD`) and never to trim the heap, so freed pages are
-//! reused. The process keeps its peak heap; that is the point.
+//! [`keep_freed_memory`] tells glibc to serve every request from its heap (no per-request
+//! `mmap`, whatever the size: `M_MMAP_THRESHOLD` cannot exceed 32 MiB, and a SmolLM2 step's
+//! logits are 200 MB) and never to trim the heap, so freed pages are reused. The process keeps
+//! its peak heap; that is the point. (glibc still maps a block directly when a thread's own
+//! arena cannot grow; the large tensors are allocated by the main thread.)
 //!
 //! The library never calls this: the allocator is the binary's choice. Examples call it first
 //! thing in `main`. On other platforms and C libraries it does nothing and returns `false`.

@@ -27,9 +27,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
@@ -170,8 +168,15 @@ fn selective_bwd<T: Real>(z: &[T], v: usize, gl: &[T], y: &[usize], inv_t: f64) 
                     continue; // a masked token: its gradient row is exactly zero
                 }
                 let row = &z[i * v..(i + 1) * v];
-                // max + log Σ exp(z/τ − max), recovered from the forward's result.
-                let shift = row[y[i]].to_f64() * inv_t - logp[i].to_f64();
+                // max + log Σ exp(z/τ − max), recovered from the forward's result (recomputed
+                // when that is not finite: a −∞ target logit).
+                let lp = logp[i].to_f64();
+                let shift = if lp.is_finite() {
+                    row[y[i]].to_f64() * inv_t - lp
+                } else {
+                    let (max, lse) = row_max_lse(row, inv_t);
+                    max + lse
+                };
                 let scale = T::from_f64(-gi * inv_t);
                 for (o, &zj) in orow.iter_mut().zip(row) {
                     *o = scale * T::from_f64(zj.to_f64() * inv_t - shift).exp();

@@ -73,7 +73,10 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     let xc = x.clamp(LO, HI);
     // n ≤ 127 keeps 2ⁿ a normal float; within 0.7 of overflow |r| then exceeds ln 2 / 2 and
     // the error grows to a few ulp.
-    let n = (xc * LOG2E).round().min(127.0);
+    // Round to nearest by adding and subtracting 1.5·2²³ (|x·log₂e| ≤ 128): `f32::round` is a
+    // libm call on baseline x86-64 and would keep the loops scalar.
+    const ROUND: f32 = 12_582_912.0;
+    let n = ((xc * LOG2E + ROUND) - ROUND).min(127.0);
     let r = xc - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4_f32;
     let p = p * r + 1.398_199_9e-3;

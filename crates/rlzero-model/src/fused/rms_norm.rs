@@ -26,7 +26,8 @@ use crate::error::Result;
 /// `y = x / √(mean(x²) + ε) ⊙ w` over the last dimension of `x` `(…, D)`, `w` `(D,)`.
 /// One fused op for f32/f64 on the CPU, [`rms_norm_composed`] otherwise.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    if cpu_float(x) && w.dtype() == x.dtype() && w.dims() == [x.dim(D::Minus1)?] {
+    let d = x.dim(D::Minus1)?;
+    if cpu_float(x) && x.elem_count() > 0 && w.dtype() == x.dtype() && w.dims() == [d] {
         return Ok(x
             .contiguous()?
             .apply_op2(&w.contiguous()?, RmsNorm { eps })?);
@@ -207,5 +208,11 @@ mod tests {
                 .collect();
             assert!(max_diff(&fused(&ins32), &composed(&ins)) < 1e-5);
         }
+    }
+
+    #[test]
+    fn empty_rows_do_not_reach_the_kernel() {
+        let y = rms_norm(&randn(&[0, 4], 1), &randn(&[4], 2), 1e-6).unwrap();
+        assert_eq!(y.dims(), &[0, 4]);
     }
 }

@@ -40,10 +40,12 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
             && tc == tt
             && dc == d
             && d % 2 == 0
+            && d > 0
             && h > 0
             && t.dtype() == x.dtype())
     };
-    if cpu_float(x) && fits(cos)? && fits(sin)? {
+    // The kernel indexes both tables with one batch size.
+    if cpu_float(x) && x.elem_count() > 0 && cos.dims() == sin.dims() && fits(cos)? {
         return Ok(x.contiguous()?.apply_op3(
             &cos.contiguous()?,
             &sin.contiguous()?,
@@ -174,5 +176,16 @@ mod tests {
             .unwrap();
             assert!(max_diff(&y32, &composed(&ins)) < 1e-5);
         }
+    }
+
+    #[test]
+    fn mismatched_tables_and_empty_inputs_take_the_composed_ops() {
+        let x = randn(&[2, 3, 5, 8], 1);
+        let (cos, sin) = (randn(&[2, 1, 5, 8], 2), randn(&[1, 1, 5, 8], 3));
+        let y = rope(&x, &cos, &sin).unwrap();
+        assert!(max_diff(&y, &rope_composed(&x, &cos, &sin).unwrap()) < 1e-14);
+        let empty = randn(&[2, 3, 0, 8], 4);
+        let tab = randn(&[2, 1, 0, 8], 5);
+        assert_eq!(rope(&empty, &tab, &tab).unwrap().dims(), &[2, 3, 0, 8]);
     }
 }

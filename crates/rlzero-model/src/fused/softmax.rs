@@ -38,7 +38,7 @@ pub fn masked_softmax(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tens
             scores.dims()
         )));
     }
-    if cpu_float(scores) && bias.dtype() == scores.dtype() {
+    if cpu_float(scores) && scores.elem_count() > 0 && bias.dtype() == scores.dtype() {
         return Ok(scores
             .contiguous()?
             .apply_op2(&bias.contiguous()?, MaskedSoftmax { scale })?);

@@ -32,7 +32,7 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
             up.dims()
         )));
     }
-    if cpu_float(gate) && up.dtype() == gate.dtype() {
+    if cpu_float(gate) && gate.elem_count() > 0 && up.dtype() == gate.dtype() {
         return Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMul)?);
     }
     silu_mul_composed(gate, up)
