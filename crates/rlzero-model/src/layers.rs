@@ -87,7 +87,7 @@ impl RmsNorm {
         })
     }
 
-    /// Normalises over the last dimension ([`crate::fused::rms_norm`]: one op with a backward
+    /// Normalises over the last dimension ([`crate::fused::rms_norm()`]: one op with a backward
     /// pass on the CPU, candle's differentiable ops elsewhere).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         fused::rms_norm(x, &self.weight, self.eps)

@@ -100,7 +100,7 @@ impl Rotary {
 }
 
 /// Rotates `x` `(B, H, T, d)` by tables from [`Rotary::cos_sin`] `(B, 1, T, d)`:
-/// [`crate::fused::rope`], one op with a backward pass on the CPU.
+/// [`crate::fused::rope()`], one op with a backward pass on the CPU.
 pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     crate::fused::rope(x, cos, sin)
 }
