@@ -31,7 +31,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Sh
 use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
-use crate::fused::{contiguous, Real};
+use crate::fused::{contiguous, cpu_float, dispatch, Real};
 
 /// Rows handed to one rayon task: enough work per task to amortise scheduling.
 const ROWS_PER_TASK: usize = 8;
@@ -62,23 +62,6 @@ fn targets_vec(s: &CpuStorage, l: &Layout) -> candle_core::Result<Vec<usize>> {
             .collect()),
         _ => candle_core::bail!("targets must be u32"),
     }
-}
-
-/// Runs `f` on the f32 or f64 slice of `s`, returning storage of the same dtype.
-macro_rules! float_dispatch {
-    ($s:expr, $l:expr, $what:expr, |$z:ident| $body:expr) => {
-        match $s {
-            CpuStorage::F32(d) => {
-                let $z = contiguous(d, $l, $what)?;
-                CpuStorage::F32($body)
-            }
-            CpuStorage::F64(d) => {
-                let $z = contiguous(d, $l, $what)?;
-                CpuStorage::F64($body)
-            }
-            _ => candle_core::bail!("{}: f32 or f64 only", $what),
-        }
-    };
 }
 
 /// The forward op: `(N, V)` logits and `(N,)` targets → `(N,)` log-probs.
@@ -122,7 +105,11 @@ impl CustomOp2 for SelectiveLogSoftmax {
             );
         }
         let inv_t = 1.0 / self.temperature;
-        let out = float_dispatch!(s1, l1, "logits", |z| selective_fwd(z, v, &y, inv_t));
+        let out = dispatch!(
+            "selective-log-softmax",
+            [(z, s1, l1)],
+            selective_fwd(z, v, &y, inv_t)
+        );
         Ok((out, Shape::from(n)))
     }
 
@@ -204,23 +191,11 @@ impl CustomOp3 for SelectiveLogSoftmaxGrad {
         let (n, v) = l1.shape().dims2()?;
         let y = targets_vec(s3, l3)?;
         let inv_t = 1.0 / self.temperature;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(d), CpuStorage::F32(g)) => CpuStorage::F32(selective_bwd(
-                contiguous(d, l1, "logits")?,
-                v,
-                contiguous(g, l2, "grad")?,
-                &y,
-                inv_t,
-            )),
-            (CpuStorage::F64(d), CpuStorage::F64(g)) => CpuStorage::F64(selective_bwd(
-                contiguous(d, l1, "logits")?,
-                v,
-                contiguous(g, l2, "grad")?,
-                &y,
-                inv_t,
-            )),
-            _ => candle_core::bail!("selective-log-softmax-grad: f32 or f64 logits and grads"),
-        };
+        let out = dispatch!(
+            "selective-log-softmax-grad",
+            [(z, s1, l1), (g, s2, l2)],
+            selective_bwd(z, v, g, &y, inv_t)
+        );
         Ok((out, Shape::from((n, v))))
     }
 }
@@ -242,12 +217,6 @@ fn check_inputs(logits: &Tensor, n_targets: Option<&[usize]>, temperature: f64) 
         )));
     }
     Ok(())
-}
-
-/// Whether the fused CPU kernels serve `logits`: f32/f64 on the CPU. Anything else (a GPU, or
-/// f16/bf16 logits) takes [`composed`], built from candle ops that every backend has.
-fn fused(logits: &Tensor) -> bool {
-    logits.device().is_cpu() && matches!(logits.dtype(), DType::F32 | DType::F64)
 }
 
 /// The same quantities from candle's own differentiable ops, in f32 (half-precision logits are
@@ -288,7 +257,7 @@ pub fn selective_log_softmax(
 ) -> Result<Tensor> {
     check_inputs(logits, Some(targets.dims()), temperature)?;
     let targets = targets.to_dtype(DType::U32)?.contiguous()?;
-    if fused(logits) {
+    if cpu_float(logits) {
         return Ok(logits
             .contiguous()?
             .apply_op2(&targets, SelectiveLogSoftmax { temperature })?);
@@ -303,7 +272,7 @@ pub fn selective_log_softmax(
 pub fn entropy(logits: &Tensor, temperature: f64) -> Result<Tensor> {
     check_inputs(logits, None, temperature)?;
     let logits = logits.detach();
-    if fused(&logits) {
+    if cpu_float(&logits) {
         return Ok(logits
             .contiguous()?
             .apply_op1_no_bwd(&Entropy { temperature })?);
@@ -346,7 +315,7 @@ impl CustomOp1 for Entropy {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, v) = l.shape().dims2()?;
         let inv_t = 1.0 / self.temperature;
-        let out = float_dispatch!(s, l, "logits", |z| entropy_rows(z, v, inv_t));
+        let out = dispatch!("entropy", [(z, s, l)], entropy_rows(z, v, inv_t));
         Ok((out, Shape::from(n)))
     }
 }
