@@ -112,8 +112,9 @@ impl Attention {
         let scale = 1.0 / (d as f64).sqrt();
         let q = q.reshape((b, self.n_kv, g * tq, d))?; // (B, KV, G·Tq, d)
         let scores = q.matmul(&k.t()?)?.reshape((b, h, tq, tk))?; // (B, KV·G, Tq, Tk)
-                                                                  // bias (Bm, 1, 1, Tq, Tk) → (Bm, Tq, Tk), shared by every head. A broadcast bias (the
-                                                                  // decode step's scalar zero, or one without the batch dims) is expanded first.
+
+        // bias (Bm, 1, 1, Tq, Tk) → (Bm, Tq, Tk), shared by every head. A broadcast bias (the
+        // decode step's scalar zero, or one without the batch dims) is expanded first.
         let bm = if bias.rank() == 5 { bias.dim(0)? } else { 1 };
         let bias = bias
             .broadcast_as((bm, 1, 1, tq, tk))?
