@@ -10,7 +10,7 @@ use anyhow::{anyhow, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Shape, Tensor, Var, WithDType, D};
 use common::{fixtures, max_abs_diff, reference, tiny_decoder, TINY};
-use rlzero::model::frozen_linear::frozen_matmul;
+use rlzero::model::frozen_linear::{frozen_matmul, linear_matmul};
 use rlzero::model::{
     load, Decoder, LoadOptions, LogitsToKeep, LoraAdapter, LoraConfig, ModelError, ModelSource,
     TargetModule, WeightMode,
@@ -114,6 +114,32 @@ fn frozen_matmul_equals_matmul_without_a_weight_gradient() -> Result<()> {
     assert_eq!(matrix_gradients(&gf, &[&w]), 0);
     // A weight that tracks gradients is refused rather than silently dropped.
     assert!(frozen_matmul(&x, Var::from_tensor(&w)?.as_tensor()).is_err());
+    Ok(())
+}
+
+/// The trainable single-node product equals the plain one, values and both gradients, for an
+/// `x` of rank 3 (folded into rows) and in f64 (where the gemms agree to rounding).
+#[test]
+fn linear_matmul_equals_matmul_with_both_gradients() -> Result<()> {
+    let x = Var::from_tensor(&noise((2, 3, 7), DType::F64, 4)?)?; // (B, T, in)
+    let w = Var::from_tensor(&noise((4, 7), DType::F64, 5)?)?; // (out, in)
+    let r = noise((2, 3, 4), DType::F64, 6)?; // (B, T, out)
+    let plain = x.reshape((6, 7))?.matmul(&w.t()?)?.reshape((2, 3, 4))?;
+    let one = linear_matmul(&x, &w)?;
+    assert_eq!(one.dims(), &[2, 3, 4]);
+    assert!(max_abs_diff(&plain, &one) <= 1e-6); // (compared in f32)
+    let gp = (&plain * &r)?.sum_all()?.backward()?;
+    let go = (&one * &r)?.sum_all()?.backward()?;
+    for (n, v) in [("x", &x), ("w", &w)] {
+        let (a, b) = (grad::<f64>(&gp, n, v)?, grad::<f64>(&go, n, v)?);
+        assert_eq!(a.len(), b.len(), "{n}");
+        assert!(a.iter().zip(&b).all(|(a, b)| (a - b).abs() <= 1e-14), "{n}");
+    }
+    assert_eq!(go.get(&w).map(|g| g.dims().to_vec()), Some(vec![4, 7]));
+    // A non-contiguous x (a transposed view) is made contiguous, not misread.
+    let xt = noise((7, 6), DType::F64, 7)?.t()?; // (6, 7), strided
+    let d = max_abs_diff(&linear_matmul(&xt, &w)?, &xt.contiguous()?.matmul(&w.t()?)?);
+    assert!(d <= 1e-6);
     Ok(())
 }
 

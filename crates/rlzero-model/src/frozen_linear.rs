@@ -13,8 +13,16 @@
 //!   `x.matmul(&w.t())` (hence bitwise the same values);
 //! * backward: `∂L/∂x = G W` `(N, in)`; nothing for `W`.
 //!
-//! The forward runs on every device candle is built for (CPU, and CUDA/Metal when compiled in:
-//! the op calls the backend's own matmul); only the CPU path is tested here.
+//! [`linear_matmul`] is the same product with a trainable `W` as a second argument: one
+//! autograd node instead of candle's four (`reshape`, `W.t()`, `matmul`, `reshape`). candle's
+//! backward adds every node's gradient into a fresh zero tensor, so each of those nodes cost an
+//! activation-sized zero fill and add, and `W.t()`'s a strided add of the weight's size; here
+//! the backward returns `∂L/∂x = G W` in `x`'s shape and `∂L/∂W = Gᵀ x` directly in `W`'s
+//! `(out, in)` layout.
+//!
+//! Both take `x` of any rank `(…, in)`, folded into `N` rows for one gemm, and return
+//! `(…, out)`. The forward runs on every device candle is built for (CPU, and CUDA/Metal when
+//! compiled in: the op calls the backend's own matmul); only the CPU path is tested here.
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
@@ -32,43 +40,47 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CudaStorage, CustomOp1, Layout, MetalStorage, Shape, Storage, Tensor,
+    CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, MetalStorage, Shape, Storage, Tensor,
 };
 
 use crate::error::{ModelError, Result};
 
-/// A gemm's `(b, m, n, k)`, the layout of `W`ᵀ and the output shape.
-type Plan = ((usize, usize, usize, usize), Layout, Shape);
+/// A gemm's `(b, m, n, k)`, the layouts of `x` as `(N, in)` and of `W`ᵀ, and the output shape.
+type Plan = ((usize, usize, usize, usize), Layout, Layout, Shape);
 
-/// The custom op: holds the frozen weight `W` `(out, in)`; its argument is `x` `(N, in)`.
-struct FrozenMatmul {
-    w: Tensor,
+/// Checks `x` `(…, in)` (contiguous) against `W` `(out, in)` and plans `(N, in) · Wᵀ`.
+fn plan(x: &Layout, w: &Layout) -> candle_core::Result<Plan> {
+    let dims = x.shape().dims();
+    let (out_dim, w_in) = w.shape().dims2()?;
+    let Some((&in_dim, lead)) = dims.split_last() else {
+        candle_core::bail!("linear: x is a scalar")
+    };
+    if in_dim != w_in {
+        candle_core::bail!("linear: x has {in_dim} columns, W {:?}", w.shape());
+    }
+    let Some(offset) = x.contiguous_offsets().map(|(start, _)| start) else {
+        candle_core::bail!("linear: x must be contiguous")
+    };
+    let rows: usize = lead.iter().product();
+    let x2 = Layout::contiguous_with_offset((rows, in_dim), offset); // (N, in)
+    let wt = w.transpose(0, 1)?; // (in, out)
+    let mut out = lead.to_vec();
+    out.push(out_dim);
+    Ok(((1, rows, out_dim, in_dim), x2, wt, Shape::from(out)))
 }
 
-impl FrozenMatmul {
-    /// Checks `x`'s layout against `W` and returns the gemm's `(b, m, n, k)`, `W`ᵀ's layout and
-    /// the output shape `(N, out)`.
-    fn plan(&self, x: &Layout) -> candle_core::Result<Plan> {
-        let (rows, in_dim) = x.shape().dims2()?;
-        let (out_dim, w_in) = self.w.dims2()?;
-        if in_dim != w_in {
-            candle_core::bail!(
-                "frozen_matmul: x has {in_dim} columns, W {:?}",
-                self.w.dims()
-            );
-        }
-        let wt = self.w.layout().transpose(0, 1)?; // (in, out)
-        Ok(((1, rows, out_dim, in_dim), wt, Shape::from((rows, out_dim))))
-    }
+/// The custom op: holds the frozen weight `W` `(out, in)`; its argument is `x` `(…, in)`.
+struct FrozenMatmul {
+    w: Tensor,
 }
 
 /// `x Wᵀ` on one backend: `$variant` is the `Storage` variant holding that backend's buffers.
 macro_rules! fwd {
     ($self:ident, $x:ident, $layout:ident, $variant:ident) => {{
-        let (bmnk, wt, shape) = $self.plan($layout)?;
-        let (w_storage, _) = $self.w.storage_and_layout();
+        let (w_storage, w_layout) = $self.w.storage_and_layout();
+        let (bmnk, x2, wt, shape) = plan($layout, w_layout)?;
         match &*w_storage {
-            Storage::$variant(w) => Ok(($x.matmul(w, bmnk, $layout, &wt)?, shape)),
+            Storage::$variant(w) => Ok(($x.matmul(w, bmnk, &x2, &wt)?, shape)),
             _ => candle_core::bail!(
                 "frozen_matmul: W is on {:?}, x on another device",
                 $self.w.device()
@@ -102,22 +114,95 @@ impl CustomOp1 for FrozenMatmul {
         fwd!(self, x, layout, Metal)
     }
 
-    /// `∂L/∂x = G W`: `(N, out) · (out, in)` → `(N, in)`. `W` is a constant with no op, so this
-    /// product is not itself recorded.
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.w)?))
+    /// `∂L/∂x = G W`: `(N, out) · (out, in)` → `(N, in)`, in `x`'s shape. `W` is a constant
+    /// with no op, so this product is not itself recorded.
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (out_dim, _) = self.w.dims2()?;
+        let g = grad.reshape(((), out_dim))?; // (N, out)
+        Ok(Some(g.matmul(&self.w)?.reshape(x.shape())?))
     }
 }
 
-/// `x Wᵀ` for `x` `(N, in)` and a frozen `W` `(out, in)` → `(N, out)`, differentiable in `x`
+/// `x Wᵀ` with a trainable `W`: both are arguments, so autograd sees both.
+struct LinearMatmul;
+
+/// [`LinearMatmul`]'s forward on one backend.
+macro_rules! fwd2 {
+    ($x:ident, $xl:ident, $w:ident, $wl:ident) => {{
+        let (bmnk, x2, wt, shape) = plan($xl, $wl)?;
+        Ok(($x.matmul($w, bmnk, &x2, &wt)?, shape))
+    }};
+}
+
+impl CustomOp2 for LinearMatmul {
+    fn name(&self) -> &'static str {
+        "linear-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fwd2!(x, xl, w, wl)
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        fwd2!(x, xl, w, wl)
+    }
+
+    fn metal_fwd(
+        &self,
+        x: &MetalStorage,
+        xl: &Layout,
+        w: &MetalStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(MetalStorage, Shape)> {
+        fwd2!(x, xl, w, wl)
+    }
+
+    /// `∂L/∂x = G W` in `x`'s shape and `∂L/∂W = Gᵀ x` `(out, in)`, computed from detached
+    /// operands so that the backward itself records nothing.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (out_dim, in_dim) = w.dims2()?;
+        let g = grad.reshape(((), out_dim))?; // (N, out)
+        let w = w.detach();
+        let x2 = x.detach().reshape(((), in_dim))?; // (N, in)
+        let dx = g.matmul(&w)?.reshape(x.shape())?; // (…, in)
+        let dw = g.t()?.matmul(&x2)?; // (out, in)
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `x Wᵀ` for `x` `(…, in)` and a frozen `W` `(out, in)` → `(…, out)`, differentiable in `x`
 /// only. Errors if `W` tracks gradients (is a variable, or computed from one): its gradient would
-/// be dropped silently, so use `x.matmul(&w.t()?)` for a trainable weight.
+/// be dropped silently, so use [`linear_matmul`] for a trainable weight.
 pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if w.track_op() {
         return Err(ModelError::InvalidInput(
-            "frozen_matmul: the weight tracks gradients; use a plain matmul to train it".into(),
+            "frozen_matmul: the weight tracks gradients; use linear_matmul to train it".into(),
         ));
     }
     let op = FrozenMatmul { w: w.clone() };
-    Ok(x.apply_op1(op)?) // (N, out)
+    Ok(x.contiguous()?.apply_op1(op)?) // (…, out)
+}
+
+/// `x Wᵀ` for `x` `(…, in)` and `W` `(out, in)` → `(…, out)`, differentiable in both, as one
+/// autograd node (see the module doc). Same values as `x.matmul(&w.t()?)` on `(N, in)`.
+pub fn linear_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op2(w, LinearMatmul)?) // (…, out)
 }

@@ -3,12 +3,13 @@
 //! Each has a backward pass: RMSNorm and SwiGLU's gate are [`crate::fused`] ops (candle's own
 //! `candle_nn::ops::rms_norm` and `RmsNorm::forward` drop gradients silently). A [`Linear`] with a
 //! frozen weight under a graph that tracks gradients goes through
-//! [`crate::frozen_linear::frozen_matmul`], which skips candle's weight-gradient gemm.
+//! [`crate::frozen_linear::frozen_matmul`], which skips candle's weight-gradient gemm, and a
+//! trainable one through [`crate::frozen_linear::linear_matmul`], one autograd node.
 
 use candle_core::Tensor;
 
 use crate::error::Result;
-use crate::frozen_linear::frozen_matmul;
+use crate::frozen_linear::{frozen_matmul, linear_matmul};
 use crate::fused;
 use crate::lora::LoraAdapter;
 use crate::weights::Vb;
@@ -41,30 +42,25 @@ impl Linear {
         })
     }
 
-    /// `x` `(..., in)` → `(..., out)`. Folds leading dims into one 2-D matmul, which is both
-    /// the fastest gemm shape and avoids broadcasting the weight per batch row. A constant weight
-    /// with an `x` that tracks gradients uses [`frozen_matmul`] (no weight gradient); otherwise
-    /// (trainable weight, or no-grad inference) the plain matmul.
+    /// `x` `(..., in)` → `(..., out)`, as one gemm over the leading dims folded into rows
+    /// (the fastest gemm shape, and no weight broadcast per batch row). A constant weight with
+    /// an `x` that tracks gradients uses [`frozen_matmul`] (no weight gradient); otherwise
+    /// [`linear_matmul`] (one autograd node with both gradients).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let in_dim = dims[dims.len() - 1];
-        let rows: usize = dims[..dims.len() - 1].iter().product();
-        let x2 = x.reshape((rows, in_dim))?; // (N, in)
-        let mut y = if x2.track_op() && !self.weight.track_op() {
-            frozen_matmul(&x2, &self.weight)? // (N, out)
+        let mut y = if x.track_op() && !self.weight.track_op() {
+            frozen_matmul(x, &self.weight)? // (…, out)
         } else {
-            x2.matmul(&self.weight.t()?)? // (N, out)
+            linear_matmul(x, &self.weight)? // (…, out)
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
         if let Some(lora) = &self.lora {
-            y = (y + lora.forward(&x2)?)?; // (N, out)
+            let in_dim = self.weight.dim(1)?;
+            let x2 = x.reshape(((), in_dim))?; // (N, in)
+            y = (&y + lora.forward(&x2)?.reshape(y.shape())?)?; // (…, out)
         }
-        let mut out_dims = dims;
-        let last = out_dims.len() - 1;
-        out_dims[last] = self.weight.dim(0)?;
-        Ok(y.reshape(out_dims)?)
+        Ok(y)
     }
 }
 
