@@ -126,6 +126,8 @@ fn main() -> Result<()> {
         "#
     ))?;
     cfg.gradient_checkpointing = recompute;
+    // SHARE=0 scores each prompt once per completion, as TRL does (default: once per group).
+    cfg.share_prompts = env("SHARE").is_none_or(|v| v != "0");
     let rewards = RewardSet::new().with(
         reward_fn("correct", |x: &RewardInput<'_>| {
             let Reference::Answer(a) = x.reference else {

@@ -8,7 +8,8 @@
 //! the forward/backward over n sequences at a time inside each micro-batch
 //! (`sequences_per_pass`). `RECOMPUTE=1` turns on activation recomputation
 //! (`gradient_checkpointing`: one layer's activations alive at a time, one more forward).
-//! All three give the same update with less activation memory.
+//! All three give the same update with less activation memory. `SHARE=0` scores the prompt
+//! once per completion, as TRL does, instead of once per group (`share_prompts`).
 //!
 //!     ./scripts/fetch-models.sh
 //!     cargo run --release --example grpo_step_bench            # or MICRO=4 STEPS=6 …
@@ -54,6 +55,8 @@ fn main() -> Result<()> {
     ))?;
     cfg.sequences_per_pass = pass;
     cfg.gradient_checkpointing = std::env::var("RECOMPUTE").is_ok_and(|v| v == "1");
+    // SHARE=0: score the prompt once per completion, as TRL does (default: once per group).
+    cfg.share_prompts = std::env::var("SHARE").map_or(true, |v| v != "0");
     // The anchor's reward: 1 when the completion contains a + b.
     let rewards = RewardSet::new().with(
         reward_fn("contains_answer", |x: &RewardInput<'_>| {

@@ -300,3 +300,70 @@ fn recomputation_gives_the_same_gradients() {
         }
     }
 }
+
+/// Shared prompts (`rlzero::model::prefix`) score a group's prompt once; the completions'
+/// log-probs and every weight's gradient must equal the plain layout's, which runs the prompt
+/// once per row: with a plain backward and with recomputation, for ragged prompts (left
+/// padding) and completions (right padding), a group split by `rows`, and a one-token
+/// completion window.
+#[test]
+fn shared_prompts_give_the_plain_layout_scores_and_gradients() {
+    use rlzero::model::pack::{completion_logprobs, PackedBatch};
+    use rlzero::model::recompute::Recomputed;
+    let dev = candle_core::Device::Cpu;
+    let (a, b, c): (&[u32], &[u32], &[u32]) = (&[5, 9, 40, 41], &[77, 78], &[100, 5, 64]);
+    let prompts = [a, a, a, b, b, c];
+    let completions: [&[u32]; 6] = [
+        &[12, 13, 14],
+        &[20, 21, 22, 23, 24],
+        &[30],
+        &[31, 32],
+        &[33, 34, 35, 36],
+        &[37, 38, 39],
+    ];
+    let plain = PackedBatch::new(&prompts, &completions, 0, &dev).unwrap();
+    let shared = PackedBatch::with_shared_prompts(&prompts, &completions, 0, &dev).unwrap();
+    assert_eq!(shared.shared.as_ref().unwrap().prompt_lens, vec![4, 2, 3]);
+    let one: [&[u32]; 2] = [&[7], &[8]];
+    let cases = [
+        (plain.clone(), shared.clone()),
+        // Rows 1..5 split the first and last groups, as `sequences_per_pass` does.
+        (plain.rows(1, 4).unwrap(), shared.rows(1, 4).unwrap()),
+        (
+            PackedBatch::new(&[a, a], &one, 0, &dev).unwrap(),
+            PackedBatch::with_shared_prompts(&[a, a], &one, 0, &dev).unwrap(),
+        ),
+    ];
+    for name in TINY {
+        let m = tiny_decoder(name, DType::F64, WeightMode::Trainable);
+        let vars = m.vars().unwrap();
+        for (ci, (p, s)) in cases.iter().enumerate() {
+            let case = format!("{name}, case {ci}");
+            let mask = p.completion_mask.to_dtype(DType::F64).unwrap();
+            let w = (weights_like(&mask, 21) * &mask).unwrap(); // (B, C)
+            let lp_p = completion_logprobs(&m, p, 0.7, false).unwrap().logprobs;
+            let lp_s = completion_logprobs(&m, s, 0.7, false).unwrap().logprobs;
+            let d = max_abs(&((&lp_p - &lp_s).unwrap() * &mask).unwrap());
+            assert!(d <= 1e-12, "{case}: log-probs differ by {d}");
+            let want = (lp_p * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let got = (lp_s * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let recomputed = Recomputed::forward(&m, s, 0.7, false)
+                .unwrap()
+                .backward(&m, &w)
+                .unwrap();
+            for ((pname, _), v) in m.named_trainable().unwrap().iter().zip(&vars) {
+                let a = want.get(v.as_tensor()).unwrap();
+                for (how, store) in [("plain", &got), ("recomputed", &recomputed)] {
+                    let b = store
+                        .get(v.as_tensor())
+                        .unwrap_or_else(|| panic!("{case}, {how}: no gradient for {pname}"));
+                    let (scale, diff) = (max_abs(a), max_abs(&(a - b).unwrap()));
+                    assert!(
+                        diff <= 1e-11 * (1.0 + scale),
+                        "{case}, {how}: {pname} differs by {diff} (scale {scale})"
+                    );
+                }
+            }
+        }
+    }
+}

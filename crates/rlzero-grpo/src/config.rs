@@ -115,6 +115,13 @@ pub struct GrpoConfig {
     /// 5.7 GiB for 4 plain micro-batches; 32 × 64 tokens, 32 s and 3.0 GiB against 28.5 s and
     /// 6.4 GiB for 4 plain micro-batches. It is the memory-safe default, not always the fastest.
     pub gradient_checkpointing: bool,
+    /// Score each group's prompt once instead of once per completion
+    /// ([`rlzero_model::prefix`]): the completions attend to their prompt's keys and values.
+    /// The same log-probs and gradients (up to float rounding) for a fraction of the forward
+    /// and backward work when prompts are long against completions. Default true (TRL has no
+    /// such option and recomputes the prompt for every completion); false for the plain
+    /// layout, e.g. to compare the two.
+    pub share_prompts: bool,
     /// Optimizer steps per generation batch, `μ` (GRPO's inner iterations). Default 1 (TRL).
     pub num_iterations: usize,
     /// Source of the old log-probs when `μ > 1`. Default `rollout` (see [`OldLogprobs`]).
@@ -162,6 +169,7 @@ impl Default for GrpoConfig {
             gradient_accumulation_steps: 1,
             sequences_per_pass: None,
             gradient_checkpointing: true,
+            share_prompts: true,
             num_iterations: 1,
             old_logprobs: OldLogprobs::Rollout,
             scale_rewards: ScaleRewards::Group,

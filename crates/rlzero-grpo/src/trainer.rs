@@ -484,7 +484,11 @@ impl Trainer {
                     }
                 })
                 .collect();
-            let batch = PackedBatch::new(&prompt_ids, &comp_ids, pad, &dev)?;
+            let batch = if cfg.share_prompts {
+                PackedBatch::with_shared_prompts(&prompt_ids, &comp_ids, pad, &dev)?
+            } else {
+                PackedBatch::new(&prompt_ids, &comp_ids, pad, &dev)?
+            };
             let keep: Vec<f32> = rows
                 .iter()
                 .map(|c| {

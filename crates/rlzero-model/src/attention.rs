@@ -131,4 +131,26 @@ impl Attention {
         let (q, k, v) = self.qkv(x, cos, sin)?;
         self.attend(&q, &k, &v, bias)
     }
+
+    /// Attention with shared prompts ([`crate::prefix`]): prompt rows `xp` `(n, P, hidden)`
+    /// attend to themselves; completion rows `xr` `(B, C, hidden)` attend to
+    /// `[prompt group[b] ; own]` keys `(B, KV, P + C, d)`. Each of `prompt`/`rows` is
+    /// `(cos, sin, bias)`, the rows' bias `(B, 1, 1, C, P + C)`. Returns both outputs.
+    pub(crate) fn forward_shared(
+        &self,
+        xp: &Tensor,
+        xr: &Tensor,
+        prompt: (&Tensor, &Tensor, &Tensor),
+        rows: (&Tensor, &Tensor, &Tensor),
+        group: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let (qp, kp, vp) = self.qkv(xp, prompt.0, prompt.1)?; // (n, H, P, d), (n, KV, P, d)
+        let (qr, kr, vr) = self.qkv(xr, rows.0, rows.1)?; // (B, H, C, d), (B, KV, C, d)
+        let yp = self.attend(&qp, &kp, &vp, prompt.2)?; // (n, P, hidden)
+                                                        // index_select's backward sums the G rows' gradients into their shared prompt.
+        let k = Tensor::cat(&[&kp.index_select(group, 0)?, &kr], 2)?; // (B, KV, P + C, d)
+        let v = Tensor::cat(&[&vp.index_select(group, 0)?, &vr], 2)?;
+        let yr = self.attend(&qr, &k, &v, rows.2)?; // (B, C, hidden)
+        Ok((yp, yr))
+    }
 }

@@ -13,6 +13,7 @@ use crate::config::DecoderConfig;
 use crate::error::{ModelError, Result};
 use crate::layers::{Linear, Mlp, RmsNorm};
 use crate::mask::{self, MaskInfo};
+use crate::pack::PackedBatch;
 use crate::rope::Rotary;
 use crate::weights::{Vb, WeightMode, Weights};
 
@@ -69,11 +70,78 @@ impl DecoderLayer {
         let h = (x + self
             .self_attn
             .forward(&self.input_layernorm.forward(x)?, cos, sin, bias)?)?;
-        Ok((&h
-            + self
-                .mlp
-                .forward(&self.post_attention_layernorm.forward(&h)?)?)?)
+        self.mlp_residual(&h)
     }
+
+    /// `h + mlp(norm₂(h))`.
+    fn mlp_residual(&self, h: &Tensor) -> Result<Tensor> {
+        Ok((h + self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(h)?)?)?)
+    }
+
+    /// The layer on a batch in either layout ([`crate::pack::PackedBatch`]); with shared
+    /// prompts the completion rows attend to their prompt's keys and values
+    /// ([`crate::prefix`]).
+    pub(crate) fn forward_batch(&self, x: &Hidden, inputs: &BatchInputs) -> Result<Hidden> {
+        let r = &inputs.rows;
+        match (&x.prompts, &inputs.prompts) {
+            (None, None) => Ok(Hidden {
+                rows: self.forward(&x.rows, &r.cos, &r.sin, &r.bias)?,
+                prompts: None,
+            }),
+            (Some(xp), Some((p, group))) => {
+                let (ap, ar) = self.self_attn.forward_shared(
+                    &self.input_layernorm.forward(xp)?,
+                    &self.input_layernorm.forward(&x.rows)?,
+                    (&p.cos, &p.sin, &p.bias),
+                    (&r.cos, &r.sin, &r.bias),
+                    group,
+                )?;
+                Ok(Hidden {
+                    rows: self.mlp_residual(&(&x.rows + ar)?)?,
+                    prompts: Some(self.mlp_residual(&(xp + ap)?)?),
+                })
+            }
+            _ => Err(ModelError::InvalidInput(
+                "hidden states and layer inputs are in different layouts".into(),
+            )),
+        }
+    }
+}
+
+/// Hidden states `(…, hidden)` of a [`crate::pack::PackedBatch`] in its layout: the rows
+/// `(B, T, hidden)` (`T = P + C`, or `C` with shared prompts) and the shared prompts'
+/// `(n, P, hidden)`.
+#[derive(Debug, Clone)]
+pub(crate) struct Hidden {
+    pub rows: Tensor,
+    pub prompts: Option<Tensor>,
+}
+
+impl Hidden {
+    /// The tensors, rows first.
+    pub fn parts(&self) -> Vec<&Tensor> {
+        std::iter::once(&self.rows).chain(&self.prompts).collect()
+    }
+
+    /// From tensors in [`Hidden::parts`] order.
+    pub fn from_parts(mut parts: Vec<Tensor>) -> Result<Self> {
+        let prompts = if parts.len() == 2 { parts.pop() } else { None };
+        match parts.pop() {
+            Some(rows) if parts.is_empty() => Ok(Self { rows, prompts }),
+            _ => Err(ModelError::InvalidInput(
+                "hidden states have one or two parts".into(),
+            )),
+        }
+    }
+}
+
+/// What every layer of a batch's forward reads: the rows' inputs, and with shared prompts the
+/// prompts' inputs and the `(B,)` u32 prompt row of each completion row.
+pub(crate) struct BatchInputs {
+    pub rows: LayerInputs,
+    pub prompts: Option<(LayerInputs, Tensor)>,
 }
 
 /// What every layer of one forward reads besides the hidden states.
@@ -264,6 +332,92 @@ impl Decoder {
         self.norm.forward(&x)
     }
 
+    /// [`Decoder::layer_inputs`] for a packed batch in its layout.
+    pub(crate) fn batch_inputs(&self, batch: &PackedBatch) -> Result<BatchInputs> {
+        let Some(s) = &batch.shared else {
+            return Ok(BatchInputs {
+                rows: self.layer_inputs(&batch.input_ids, &batch.attention_mask)?,
+                prompts: None,
+            });
+        };
+        let prompts = self.layer_inputs(&s.ids, &s.mask)?;
+        let dtype = self.dtype();
+        let (positions, bias) = s.completion_positions_and_bias(
+            &batch.completion_lens,
+            batch.completion_len,
+            dtype,
+            self.device(),
+        )?; // (B, C), (B, 1, 1, C, P + C)
+        let (cos, sin) = self.rotary.cos_sin(&positions, dtype)?; // (B, 1, C, d)
+        let ids = self.checked_ids(&batch.completion_ids)?;
+        Ok(BatchInputs {
+            rows: LayerInputs {
+                ids,
+                cos,
+                sin,
+                bias,
+            },
+            prompts: Some((prompts, s.group.to_device(self.device())?)),
+        })
+    }
+
+    /// Token embeddings of a batch in its layout.
+    pub(crate) fn embed_batch(&self, inputs: &BatchInputs) -> Result<Hidden> {
+        Ok(Hidden {
+            rows: self.embed(&inputs.rows)?,
+            prompts: inputs
+                .prompts
+                .as_ref()
+                .map(|(p, _)| self.embed(p))
+                .transpose()?,
+        })
+    }
+
+    /// The final-normed hidden states that predict a batch's completion tokens `(B, C, hidden)`:
+    /// token `j` is predicted by the state before it, the prompt's last for `j = 0`.
+    pub(crate) fn predicting(&self, x: &Hidden, batch: &PackedBatch) -> Result<Tensor> {
+        let (p, c) = (batch.prompt_len, batch.completion_len);
+        let h = match (&x.prompts, &batch.shared) {
+            (None, None) => x.rows.narrow(1, p - 1, c)?, // (B, C, H)
+            (Some(xp), Some(s)) => {
+                let group = s.group.to_device(self.device())?;
+                let last = xp
+                    .narrow(1, p - 1, 1)?
+                    .contiguous()?
+                    .index_select(&group, 0)?; // (B, 1, H)
+                if c > 1 {
+                    Tensor::cat(&[&last, &x.rows.narrow(1, 0, c - 1)?], 1)? // (B, C, H)
+                } else {
+                    last
+                }
+            }
+            _ => {
+                return Err(ModelError::InvalidInput(
+                    "hidden states and batch are in different layouts".into(),
+                ))
+            }
+        };
+        self.norm.forward(&h)
+    }
+
+    /// `(B, T)` ids as u32 on this device; on the CPU, checked against the vocabulary.
+    fn checked_ids(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let ids = input_ids.to_device(self.device())?.to_dtype(DType::U32)?;
+        // On a GPU the check would cost a device-to-host copy and a sync per forward, so there
+        // the caller's checks stand (the trainer's ids come from `rollout`, which checks prompts
+        // against the vocabulary).
+        if ids.device().is_cpu() {
+            let max_id = ids.max_all()?.to_scalar::<u32>()?;
+            if max_id as usize >= self.cfg.vocab_size {
+                return Err(ModelError::InvalidInput(format!(
+                    "token id {max_id} is outside the vocabulary (size {})",
+                    self.cfg.vocab_size
+                )));
+            }
+        }
+        Ok(ids)
+    }
+
     /// Checks ids and mask, and builds what every layer reads: rotary tables and the bias.
     pub(crate) fn layer_inputs(
         &self,
@@ -278,19 +432,10 @@ impl Decoder {
                 input_ids.dims()
             )));
         }
-        let ids = input_ids.to_device(self.device())?.to_dtype(DType::U32)?;
-        // On the CPU the ids and the mask are checked where they lie. On a GPU that would cost two
-        // device-to-host copies and a sync per forward, so there the caller's checks stand (the
-        // trainer's ids come from `rollout`, which checks prompts against the vocabulary, and
-        // `PackedBatch` builds its masks from lengths, so they are 0/1 with a real token per row).
+        let ids = self.checked_ids(input_ids)?;
+        // The mask likewise is checked only on the CPU (`PackedBatch` builds its masks from
+        // lengths, so they are 0/1 with a real token per row).
         if ids.device().is_cpu() {
-            let max_id = ids.max_all()?.to_scalar::<u32>()?;
-            if max_id as usize >= self.cfg.vocab_size {
-                return Err(ModelError::InvalidInput(format!(
-                    "token id {max_id} is outside the vocabulary (size {})",
-                    self.cfg.vocab_size
-                )));
-            }
             MaskInfo::from_tensor(attention_mask)?;
         }
         let dtype = self.dtype();

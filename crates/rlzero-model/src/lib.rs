@@ -31,6 +31,7 @@ pub mod logprobs;
 pub mod lora;
 pub mod mask;
 pub mod pack;
+pub mod prefix;
 pub mod recompute;
 pub mod rope;
 pub mod safetensors_io;

@@ -28,6 +28,7 @@ use candle_core::{Device, Tensor};
 use crate::decoder::Decoder;
 use crate::error::{ModelError, Result};
 use crate::logprobs::{entropy, selective_log_softmax};
+use crate::prefix::SharedPrompts;
 
 /// A batch of prompt + completion sequences with explicit masks.
 #[derive(Debug, Clone)]
@@ -46,6 +47,9 @@ pub struct PackedBatch {
     pub prompt_len: usize,
     /// `C`: the longest completion.
     pub completion_len: usize,
+    /// Set by [`PackedBatch::with_shared_prompts`]: the distinct prompts, scored once per group
+    /// ([`crate::prefix`]); `input_ids` and `attention_mask` then only describe the rows.
+    pub shared: Option<SharedPrompts>,
 }
 
 impl PackedBatch {
@@ -56,6 +60,28 @@ impl PackedBatch {
         completions: &[&[u32]],
         pad_id: u32,
         device: &Device,
+    ) -> Result<Self> {
+        Self::build(prompts, completions, pad_id, device, false)
+    }
+
+    /// [`PackedBatch::new`], and consecutive rows with equal prompts (a GRPO group) share one
+    /// prompt forward pass when scored ([`crate::prefix`]): the same log-probs and gradients,
+    /// for the prompt's compute once per group instead of once per row.
+    pub fn with_shared_prompts(
+        prompts: &[&[u32]],
+        completions: &[&[u32]],
+        pad_id: u32,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::build(prompts, completions, pad_id, device, true)
+    }
+
+    fn build(
+        prompts: &[&[u32]],
+        completions: &[&[u32]],
+        pad_id: u32,
+        device: &Device,
+        share: bool,
     ) -> Result<Self> {
         if prompts.is_empty() || prompts.len() != completions.len() {
             return Err(ModelError::InvalidInput(format!(
@@ -100,6 +126,11 @@ impl PackedBatch {
             completion_lens: completions.iter().map(|x| x.len()).collect(),
             prompt_len: p,
             completion_len: c,
+            shared: if share {
+                Some(SharedPrompts::group(prompts, p, pad_id, device)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -121,6 +152,11 @@ impl PackedBatch {
             completion_lens: self.completion_lens[start..start + len].to_vec(),
             prompt_len: self.prompt_len,
             completion_len: self.completion_len,
+            shared: self
+                .shared
+                .as_ref()
+                .map(|s| s.rows(start, len))
+                .transpose()?,
         })
     }
 
@@ -155,21 +191,25 @@ pub fn completion_logprobs(
     temperature: f64,
     with_entropy: bool,
 ) -> Result<CompletionScores> {
-    let h = decoder.forward_hidden(&batch.input_ids, &batch.attention_mask)?; // (B, P+C, H)
-    score_hidden(decoder, &h, batch, temperature, with_entropy)
+    let inputs = decoder.batch_inputs(batch)?;
+    let mut x = decoder.embed_batch(&inputs)?;
+    for layer in decoder.layers() {
+        x = layer.forward_batch(&x, &inputs)?;
+    }
+    let h = decoder.predicting(&x, batch)?; // (B, C, H)
+    score_predicting(decoder, &h, batch, temperature, with_entropy)
 }
 
-/// The head of [`completion_logprobs`]: final normed hidden states `(B, P+C, H)` → the
-/// completion tokens' log-probs (and entropies).
-pub(crate) fn score_hidden(
+/// The head of [`completion_logprobs`]: the normed hidden states that predict the completion
+/// tokens `(B, C, H)` ([`Decoder::predicting`]) → their log-probs (and entropies).
+pub(crate) fn score_predicting(
     decoder: &Decoder,
     h: &Tensor,
     batch: &PackedBatch,
     temperature: f64,
     with_entropy: bool,
 ) -> Result<CompletionScores> {
-    let (b, p, c) = (batch.len(), batch.prompt_len, batch.completion_len);
-    let h = h.narrow(1, p - 1, c)?; // (B, C, H): the columns that predict completion tokens
+    let (b, c) = (batch.len(), batch.completion_len);
     let hidden = h.dim(2)?;
     let logits = decoder.lm_head.forward(&h.reshape((b * c, hidden))?)?; // (B·C, V)
     let targets = batch.completion_ids.flatten_all()?; // (B·C,)

@@ -29,9 +29,9 @@
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
-use crate::decoder::{Decoder, LayerInputs};
+use crate::decoder::{BatchInputs, Decoder, Hidden};
 use crate::error::{ModelError, Result};
-use crate::pack::{score_hidden, CompletionScores, PackedBatch};
+use crate::pack::{score_predicting, CompletionScores, PackedBatch};
 
 /// The result of a recomputing forward: detached scores and what the backward needs.
 pub struct Recomputed {
@@ -40,11 +40,11 @@ pub struct Recomputed {
     pub scores: CompletionScores,
     batch: PackedBatch,
     temperature: f64,
-    inputs: LayerInputs,
-    /// `(B, T, hidden)` input of each layer.
-    saved: Vec<Tensor>,
-    /// `(B, T, hidden)` output of the last layer (before the final norm).
-    last: Tensor,
+    inputs: BatchInputs,
+    /// The input of each layer (`(B, T, hidden)`, and the shared prompts' `(n, P, hidden)`).
+    saved: Vec<Hidden>,
+    /// The output of the last layer (before the final norm).
+    last: Hidden,
     /// Each adapter's dropout-call counter before the forward, and after it.
     dropout_calls: (Vec<u64>, Vec<u64>),
 }
@@ -70,6 +70,55 @@ fn dot(y: &Tensor, g: &Tensor) -> Result<Tensor> {
     Ok((y * g.to_dtype(y.dtype())?)?.sum_all()?)
 }
 
+/// [`dot`] summed over the parts of hidden states.
+fn dot_hidden(y: &Hidden, g: &Hidden) -> Result<Tensor> {
+    let mut total: Option<Tensor> = None;
+    for (y, g) in y.parts().into_iter().zip(g.parts()) {
+        let d = dot(y, g)?;
+        total = Some(match total {
+            Some(t) => (t + d)?,
+            None => d,
+        });
+    }
+    total.ok_or_else(|| ModelError::InvalidInput("no hidden states".into()))
+}
+
+/// Leaves for each part of `x`.
+fn leaves(x: &Hidden) -> Result<Vec<Var>> {
+    Ok(x.parts()
+        .into_iter()
+        .map(Var::from_tensor)
+        .collect::<candle_core::Result<_>>()?)
+}
+
+/// The gradients `part` holds for `leaves`, as hidden states; removed from `part`. A part the
+/// loss does not reach gets zeros (the completion rows in the head when every completion is one
+/// token long, all of it predicted by the prompt); none reached at all is an error.
+fn take_grads(part: &mut GradStore, leaves: &[Var], what: &str) -> Result<Hidden> {
+    let found: Vec<Option<Tensor>> = leaves.iter().map(|l| part.remove(l.as_tensor())).collect();
+    if found.iter().all(Option::is_none) {
+        return Err(missing(what));
+    }
+    let g = found
+        .into_iter()
+        .zip(leaves)
+        .map(|(g, l)| g.map_or_else(|| Ok(l.zeros_like()?), Ok))
+        .collect::<Result<_>>()?;
+    Hidden::from_parts(g)
+}
+
+/// Hidden states made of `leaves`' tensors.
+fn leaf_hidden(leaves: &[Var]) -> Result<Hidden> {
+    Hidden::from_parts(leaves.iter().map(|l| l.as_tensor().clone()).collect())
+}
+
+fn detach(x: &Hidden) -> Hidden {
+    Hidden {
+        rows: x.rows.detach(),
+        prompts: x.prompts.as_ref().map(|p| p.detach()),
+    }
+}
+
 impl Recomputed {
     /// Scores `batch` like [`completion_logprobs`](crate::pack::completion_logprobs), keeping
     /// only each layer's input for [`Recomputed::backward`].
@@ -80,18 +129,16 @@ impl Recomputed {
         with_entropy: bool,
     ) -> Result<Self> {
         let before = decoder.lora_dropout_calls();
-        let inputs = decoder.layer_inputs(&batch.input_ids, &batch.attention_mask)?;
-        let mut x = decoder.embed(&inputs)?.detach();
+        let inputs = decoder.batch_inputs(batch)?;
+        let mut x = detach(&decoder.embed_batch(&inputs)?);
         let mut saved = Vec::with_capacity(decoder.layers.len());
         for layer in &decoder.layers {
-            let y = layer
-                .forward(&x, &inputs.cos, &inputs.sin, &inputs.bias)?
-                .detach(); // drops this layer's graph
+            let y = detach(&layer.forward_batch(&x, &inputs)?); // drops this layer's graph
             saved.push(x);
             x = y;
         }
-        let h = decoder.norm.forward(&x)?;
-        let scores = score_hidden(decoder, &h, batch, temperature, with_entropy)?;
+        let h = decoder.predicting(&x, batch)?;
+        let scores = score_predicting(decoder, &h, batch, temperature, with_entropy)?;
         let scores = CompletionScores {
             logprobs: scores.logprobs.detach(),
             entropy: scores.entropy.map(|e| e.detach()),
@@ -129,13 +176,11 @@ impl Recomputed {
         // The head: norm → lm_head → log-softmax, from the last hidden state as a leaf. Its
         // own scope, so the (B·C, V) logits its graph holds are freed before the layers run.
         let mut g = {
-            let x = Var::from_tensor(&self.last)?;
-            let h = decoder.norm.forward(x.as_tensor())?;
-            let lp = score_hidden(decoder, &h, &self.batch, self.temperature, false)?.logprobs;
+            let x = leaves(&self.last)?;
+            let h = decoder.predicting(&leaf_hidden(&x)?, &self.batch)?;
+            let lp = score_predicting(decoder, &h, &self.batch, self.temperature, false)?.logprobs;
             let mut part = dot(&lp, &grad)?.backward()?;
-            let g = part
-                .remove(x.as_tensor())
-                .ok_or_else(|| missing("the final norm"))?;
+            let g = take_grads(&mut part, &x, "the final norm")?;
             add_var_grads(&mut total, part, &vars)?;
             g
         };
@@ -146,22 +191,18 @@ impl Recomputed {
             decoder.set_lora_dropout_calls(&saved_in)?; // replay the forward's masks
             let need_input_grad = i > 0 || embedding_trained;
             let leaf = if need_input_grad {
-                Some(Var::from_tensor(&input)?)
+                Some(leaves(&input)?)
             } else {
                 None
             };
-            let x = leaf.as_ref().map_or(&input, |v| v.as_tensor());
-            let y = decoder.layers[i].forward(
-                x,
-                &self.inputs.cos,
-                &self.inputs.sin,
-                &self.inputs.bias,
-            )?;
-            let mut part = dot(&y, &g)?.backward()?;
+            let x = match &leaf {
+                Some(l) => leaf_hidden(l)?,
+                None => input,
+            };
+            let y = decoder.layers[i].forward_batch(&x, &self.inputs)?;
+            let mut part = dot_hidden(&y, &g)?.backward()?;
             if let Some(leaf) = &leaf {
-                g = part
-                    .remove(leaf.as_tensor())
-                    .ok_or_else(|| missing(&format!("layer {i}")))?;
+                g = take_grads(&mut part, leaf, &format!("layer {i}"))?;
             }
             add_var_grads(&mut total, part, &vars)?;
         }
@@ -169,8 +210,8 @@ impl Recomputed {
 
         // The embedding rows.
         if embedding_trained {
-            let e = decoder.embed(&self.inputs)?;
-            add_var_grads(&mut total, dot(&e, &g)?.backward()?, &vars)?;
+            let e = decoder.embed_batch(&self.inputs)?;
+            add_var_grads(&mut total, dot_hidden(&e, &g)?.backward()?, &vars)?;
         }
         Ok(total)
     }
