@@ -5,10 +5,18 @@
 //! fine-tuning.
 //! Reward 1 when the last integer of the completion is a + b.
 //!
-//! Prints the reward per step and greedy accuracy on the held-out pairs before and after.
+//! Prints the reward per step and greedy accuracy on the held-out pairs before and after, both
+//! by the last integer and strict (the reply is only the number, the anchor's `strict`).
+//!
+//! `DIGITS=2` draws two-digit operands (40 held-out pairs, the other 9,960 for training).
+//! `RECIPE=strict` is rlzero's own recipe for the strict format, which the base model almost
+//! never writes: besides the correctness reward, a reward for a strict reply and a brevity
+//! reward for correct replies (1 − characters / 32, at least 0), so that correct answers are
+//! first pushed shorter until the bare number is what remains.
 //!
 //!     ./scripts/fetch-models.sh
 //!     cargo run --release --example grpo_addition -- [STEPS] [BUDGET_SECONDS]
+//!     DIGITS=2 RECIPE=strict cargo run --release --example grpo_addition -- 60
 use std::time::Instant;
 
 use anyhow::Result;
@@ -38,6 +46,17 @@ fn last_int(t: &str) -> Option<i64> {
     None
 }
 
+/// The anchor's `strict`: the trimmed reply is an integer (optionally followed by a period).
+fn strict_int(t: &str) -> Option<i64> {
+    let t = t.trim();
+    let t = t.strip_suffix('.').unwrap_or(t);
+    let digits = t.strip_prefix('-').unwrap_or(t);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    t.parse().ok()
+}
+
 /// A seeded Fisher–Yates shuffle (the anchor uses Python's `random.Random`; any fixed split of
 /// the 100 pairs into 40 held-out and 60 training pairs serves the comparison).
 fn shuffle<T>(v: &mut [T], seed: u64) {
@@ -61,8 +80,8 @@ fn prompt(tok: &TextTokenizer, (a, b): (i64, i64)) -> Result<TrainPrompt> {
     )?)
 }
 
-/// Greedy accuracy (last integer == a + b) on `pairs`.
-fn evaluate(t: &Trainer, pairs: &[(i64, i64)], eos: &[u32]) -> Result<f64> {
+/// Greedy accuracy on `pairs`: (last integer == a + b, strict reply == a + b).
+fn evaluate(t: &Trainer, pairs: &[(i64, i64)], eos: &[u32]) -> Result<(f64, f64)> {
     let ps: Vec<TrainPrompt> = pairs
         .iter()
         .map(|&p| prompt(t.tokenizer(), p))
@@ -75,12 +94,15 @@ fn evaluate(t: &Trainer, pairs: &[(i64, i64)], eos: &[u32]) -> Result<f64> {
         ..SamplingParams::default()
     };
     let out = rollout(t.policy(), t.tokenizer(), &ids, 1, &params, 0)?;
-    let correct = out
-        .iter()
-        .zip(pairs)
-        .filter(|(c, (a, b))| last_int(&c.text) == Some(a + b))
-        .count();
-    Ok(correct as f64 / pairs.len() as f64)
+    let count = |f: fn(&str) -> Option<i64>| {
+        let n = out
+            .iter()
+            .zip(pairs)
+            .filter(|(c, (a, b))| f(&c.text) == Some(a + b))
+            .count();
+        n as f64 / pairs.len() as f64
+    };
+    Ok((count(last_int), count(strict_int)))
 }
 
 fn main() -> Result<()> {
@@ -97,14 +119,18 @@ fn main() -> Result<()> {
         &LoadOptions::default(),
     )?;
     let eos = model.generation.eos_token_ids.clone();
-    let mut pairs: Vec<(i64, i64)> = (0..10).flat_map(|a| (0..10).map(move |b| (a, b))).collect();
+    let env = |k: &str| std::env::var(k).ok();
+    let digits: u32 = env("DIGITS").map(|v| v.parse()).transpose()?.unwrap_or(1);
+    anyhow::ensure!((1..=3).contains(&digits), "DIGITS must be 1, 2 or 3");
+    let strict_recipe = env("RECIPE").is_some_and(|v| v == "strict");
+    let n = 10i64.pow(digits);
+    let mut pairs: Vec<(i64, i64)> = (0..n).flat_map(|a| (0..n).map(move |b| (a, b))).collect();
     shuffle(&mut pairs, 1234);
     let (held_out, train) = pairs.split_at(40);
 
     // MICRO=k micro-batches (default 1): the same update as one batch of 32 (TRL's
     // per_device_train_batch_size=32). RECOMPUTE=0 turns activation recomputation off: faster
     // on these short sequences, at about twice the peak memory (README, "Watching it learn").
-    let env = |k: &str| std::env::var(k).ok();
     let micro: usize = env("MICRO").map(|v| v.parse()).transpose()?.unwrap_or(1);
     let recompute = env("RECOMPUTE").is_none_or(|v| v != "0");
     let mut cfg = GrpoConfig::from_toml_str(&format!(
@@ -128,30 +154,52 @@ fn main() -> Result<()> {
     cfg.gradient_checkpointing = recompute;
     // SHARE=0 scores each prompt once per completion, as TRL does (default: once per group).
     cfg.share_prompts = env("SHARE").is_none_or(|v| v != "0");
-    let rewards = RewardSet::new().with(
-        reward_fn("correct", |x: &RewardInput<'_>| {
-            let Reference::Answer(a) = x.reference else {
-                return None;
-            };
-            Some(if last_int(x.completion) == a.parse().ok() {
-                1.0
-            } else {
-                0.0
-            })
+    let answer = |x: &RewardInput<'_>| match x.reference {
+        Reference::Answer(a) => a.parse::<i64>().ok(),
+        _ => None,
+    };
+    let mut rewards = RewardSet::new().with(
+        reward_fn("correct", move |x: &RewardInput<'_>| {
+            let a = answer(x)?;
+            Some(f64::from(u8::from(last_int(x.completion) == Some(a))))
         }),
         1.0,
     );
+    if strict_recipe {
+        rewards = rewards
+            .with(
+                reward_fn("strict", move |x: &RewardInput<'_>| {
+                    let a = answer(x)?;
+                    Some(f64::from(u8::from(strict_int(x.completion) == Some(a))))
+                }),
+                1.0,
+            )
+            .with(
+                reward_fn("brevity", move |x: &RewardInput<'_>| {
+                    let a = answer(x)?;
+                    let short = 1.0 - x.completion.trim().chars().count() as f64 / 32.0;
+                    Some(if last_int(x.completion) == Some(a) {
+                        short.max(0.0)
+                    } else {
+                        0.0
+                    })
+                }),
+                1.0,
+            );
+    }
     let mut trainer = Trainer::new(cfg, model, rewards)?;
     let t = Instant::now();
     let before = evaluate(&trainer, held_out, &eos)?;
     println!(
-        "held-out greedy accuracy before: {:.1} % ({:.1} s)",
-        100.0 * before,
+        "held-out greedy accuracy before: {:.1} % (strict {:.1} %) ({:.1} s)",
+        100.0 * before.0,
+        100.0 * before.1,
         t.elapsed().as_secs_f64()
     );
 
     // The training stream: every training pair many times, in a seeded order.
-    let mut stream: Vec<(i64, i64)> = (0..40).flat_map(|_| train.iter().copied()).collect();
+    let repeats = (2400 / train.len()).max(1);
+    let mut stream: Vec<(i64, i64)> = (0..repeats).flat_map(|_| train.iter().copied()).collect();
     shuffle(&mut stream, 5);
     let rows: Vec<TrainPrompt> = stream
         .iter()
@@ -179,6 +227,14 @@ fn main() -> Result<()> {
             m.phases.backward,
             m.phases.optimizer
         );
+        if strict_recipe {
+            let per: Vec<String> = m
+                .rewards
+                .iter()
+                .map(|r| format!("{} {:.3}", r.name, r.mean))
+                .collect();
+            println!("          {}", per.join(", "));
+        }
         if start.elapsed().as_secs_f64() > budget_s {
             break;
         }
@@ -186,9 +242,11 @@ fn main() -> Result<()> {
     let train_s = start.elapsed().as_secs_f64();
     let after = evaluate(&trainer, held_out, &eos)?;
     println!(
-        "RESULT held-out greedy accuracy {:.1} % -> {:.1} %; {} steps in {:.0} s; peak RSS {:.0} MiB",
-        100.0 * before,
-        100.0 * after,
+        "RESULT held-out greedy accuracy {:.1} % -> {:.1} % (strict {:.1} % -> {:.1} %); {} steps in {:.0} s; peak RSS {:.0} MiB",
+        100.0 * before.0,
+        100.0 * after.0,
+        100.0 * before.1,
+        100.0 * after.1,
         curve.len(),
         train_s,
         rlzero::grpo::metrics::peak_rss_mib()

@@ -19,8 +19,8 @@
 //! prompt's keys and values are gathered per row with `index_select`, whose backward sums the
 //! `G` rows' gradients into the shared prompt, which is what the `G` copies' gradients add up to.
 //!
-//! The saving is the prompt's share of the tokens: 32 single-digit additions (≈ 60 prompt and
-//! ≤ 24 completion tokens, 4 prompts × 8) score 4·60 + 32·24 instead of 32·84 tokens.
+//! The saving is the prompt's share of the tokens: 32 single-digit additions (45 prompt and
+//! ≤ 24 completion tokens, 4 prompts × 8) score at most 4·45 + 32·24 instead of 32·69 tokens.
 //! One difference exists: LoRA dropout draws one mask for the shared prompt rows instead of one
 //! per copy (each is a valid dropout sample; with `lora_dropout = 0` nothing differs).
 //!
