@@ -196,4 +196,25 @@ fn rollout_logprobs_equal_the_trainable_forward() {
         out.iter().map(|c| c.token_ids.len()).sum::<usize>()
     );
     assert!(worst <= 1e-4, "{worst}");
+
+    // The trainer's default layout scores the group's prompt once (shared prompts): the same
+    // log-probs, all four completions in one batch.
+    use rlzero::model::pack::{completion_logprobs, PackedBatch};
+    let prompts = vec![ids.as_slice(); out.len()];
+    let comps: Vec<&[u32]> = out.iter().map(|c| c.token_ids.as_slice()).collect();
+    let batch =
+        PackedBatch::with_shared_prompts(&prompts, &comps, 0, &candle_core::Device::Cpu).unwrap();
+    let lp = completion_logprobs(&m.decoder, &batch, 1.0, false)
+        .unwrap()
+        .logprobs
+        .to_vec2::<f32>()
+        .unwrap();
+    let mut shared_worst = 0f32;
+    for (c, row) in out.iter().zip(&lp) {
+        for (a, b) in c.logprobs.iter().zip(row) {
+            shared_worst = shared_worst.max((a - b).abs());
+        }
+    }
+    eprintln!("SmolLM2: max |rollout − shared-prompt trainer| log-prob {shared_worst:e}");
+    assert!(shared_worst <= 1e-4, "{shared_worst}");
 }
