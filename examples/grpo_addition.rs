@@ -16,7 +16,9 @@
 //!
 //!     ./scripts/fetch-models.sh
 //!     cargo run --release --example grpo_addition -- [STEPS] [BUDGET_SECONDS]
-//!     DIGITS=2 RECIPE=strict cargo run --release --example grpo_addition -- 60
+//!     DIGITS=2 RECIPE=strict cargo run --release --example grpo_addition -- 60 900
+//!
+//! `PROMPT="What is {a} + {b}? …"` replaces the anchor's wording (for experiments).
 use std::time::Instant;
 
 use anyhow::Result;
@@ -70,7 +72,9 @@ fn shuffle<T>(v: &mut [T], seed: u64) {
 }
 
 fn prompt(tok: &TextTokenizer, (a, b): (i64, i64)) -> Result<TrainPrompt> {
-    let q = PROMPT
+    // PROMPT="…{a}…{b}…" replaces the anchor's wording (an experiment knob; default the anchor's).
+    let template = std::env::var("PROMPT").unwrap_or_else(|_| PROMPT.to_string());
+    let q = template
         .replace("{a}", &a.to_string())
         .replace("{b}", &b.to_string());
     Ok(TrainPrompt::chat(

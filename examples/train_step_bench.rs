@@ -12,14 +12,18 @@
 //!
 //! The completion tokens are pseudo-random ids (the script draws them with torch's generator;
 //! the values do not change the work), the prompt a real chat prompt left-padded to 40 tokens.
+//!
+//! The 8 rows are one GRPO group: the same prompt, 8 completions. By default the prompt is
+//! scored once for the group, as rlzero's trainer does (`share_prompts`, [`rlzero::model::prefix`]);
+//! `SHARE=0` scores it once per row, as the script does.
 use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use rlzero::grpo::loss::{grpo_loss, Accumulation, LossInputs};
 use rlzero::grpo::{clip_grad_norm, AdamW, AdamWParams, LossConfig, LossType};
-use rlzero::model::logprobs::selective_log_softmax;
-use rlzero::model::{load, LoadOptions, LogitsToKeep, Message, ModelSource};
+use rlzero::model::pack::{completion_logprobs, PackedBatch};
+use rlzero::model::{load, LoadOptions, Message, ModelSource};
 
 const BATCH: usize = 8;
 const PROMPT: usize = 40;
@@ -55,26 +59,30 @@ fn main() -> Result<()> {
         p_ids.insert(0, pad);
     }
     let p_ids = p_ids[p_ids.len() - PROMPT..].to_vec();
-    let mut ids = Vec::with_capacity(BATCH * (PROMPT + COMP));
-    let mut comp = Vec::with_capacity(BATCH * COMP);
+    let mut comps: Vec<Vec<u32>> = Vec::with_capacity(BATCH);
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     for _ in 0..BATCH {
-        ids.extend_from_slice(&p_ids);
+        let mut comp = Vec::with_capacity(COMP);
         for _ in 0..COMP {
             // splitmix64: a fixed stream of ids across the vocabulary
             state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
             let mut z = state;
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            let id = ((z ^ (z >> 31)) % m.config.vocab_size as u64) as u32;
-            ids.push(id);
-            comp.push(id);
+            comp.push(((z ^ (z >> 31)) % m.config.vocab_size as u64) as u32);
         }
+        comps.push(comp);
     }
     let t_all = PROMPT + COMP;
-    let input_ids = Tensor::from_vec(ids, (BATCH, t_all), &dev)?; // (B, T)
-    let attention_mask = input_ids.ones_like()?; // (B, T)
-    let targets = Tensor::from_vec(comp, BATCH * COMP, &dev)?; // (B·C,)
+    let share = std::env::var("SHARE").map_or(true, |v| v != "0");
+    let prompts = vec![p_ids.as_slice(); BATCH];
+    let comps: Vec<&[u32]> = comps.iter().map(|c| c.as_slice()).collect();
+    // Every prompt token is real (the script's attention mask is all ones, padding included).
+    let batch = if share {
+        PackedBatch::with_shared_prompts(&prompts, &comps, pad, &dev)?
+    } else {
+        PackedBatch::new(&prompts, &comps, pad, &dev)?
+    };
     let comp_mask = Tensor::ones((BATCH, COMP), candle_core::DType::F32, &dev)?; // (B, C)
                                                                                  // The script's advantages: rewards [1,0,0,1,0,0,0,1], group-normalised (Bessel, + 1e-4).
     let rewards = [1.0f32, 0., 0., 1., 0., 0., 0., 1.];
@@ -111,11 +119,7 @@ fn main() -> Result<()> {
     let (mut fwds, mut bwds, mut opts) = (vec![], vec![], vec![]);
     for i in 0..=steps {
         let t0 = Instant::now();
-        // The hidden state at position p predicts token p + 1: the last COMP + 1 positions'
-        // logits without the final one predict the completion.
-        let logits = dec.forward(&input_ids, &attention_mask, LogitsToKeep::Last(COMP + 1))?;
-        let logits = logits.narrow(1, 0, COMP)?.reshape((BATCH * COMP, ()))?; // (B·C, V)
-        let logps = selective_log_softmax(&logits, &targets, 1.0)?.reshape((BATCH, COMP))?; // (B, C)
+        let logps = completion_logprobs(dec, &batch, 1.0, false)?.logprobs; // (B, C)
         let out = grpo_loss(
             &loss_cfg,
             &acc,
@@ -156,6 +160,20 @@ fn main() -> Result<()> {
         }
     }
     let med = median(times);
+    println!(
+        "layout: {} ({} tokens through the decoder; tok/s and GFLOP/s below count the script's {})",
+        if share {
+            "shared prompt"
+        } else {
+            "plain, SHARE=0"
+        },
+        if share {
+            PROMPT + BATCH * COMP
+        } else {
+            BATCH * t_all
+        },
+        BATCH * t_all
+    );
     println!(
         "train_step median {med:.2} s (fwd {:.2} bwd {:.2} opt {:.2}) over {steps} steps, \
          {:.0} tok/s, {:.1} GFLOP/s (6NT, N = {n_params}), peak RSS {:.0} MiB",
