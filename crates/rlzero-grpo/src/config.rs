@@ -117,10 +117,12 @@ pub struct GrpoConfig {
     pub gradient_checkpointing: bool,
     /// Score each group's prompt once instead of once per completion
     /// ([`rlzero_model::prefix`]): the completions attend to their prompt's keys and values.
-    /// The same log-probs and gradients (up to float rounding) for a fraction of the forward
-    /// and backward work when prompts are long against completions. Default true (TRL has no
-    /// such option and recomputes the prompt for every completion); false for the plain
-    /// layout, e.g. to compare the two.
+    /// The same log-probs and gradients (up to float rounding; with LoRA dropout the shared
+    /// prompt draws one dropout mask instead of one per copy) for a fraction of the forward and
+    /// backward work when prompts are long against completions. Default true (TRL has no such
+    /// option and recomputes the prompt for every completion); false for the plain layout,
+    /// e.g. to compare the two. A run saved before this field existed resumes with it on, so it
+    /// continues equal only up to rounding, not bit for bit.
     pub share_prompts: bool,
     /// Optimizer steps per generation batch, `μ` (GRPO's inner iterations). Default 1 (TRL).
     pub num_iterations: usize,

@@ -48,7 +48,8 @@ pub struct PackedBatch {
     /// `C`: the longest completion.
     pub completion_len: usize,
     /// Set by [`PackedBatch::with_shared_prompts`]: the distinct prompts, scored once per group
-    /// ([`crate::prefix`]); `input_ids` and `attention_mask` then only describe the rows.
+    /// ([`crate::prefix`]). `input_ids` and `attention_mask` still hold the plain `(B, P + C)`
+    /// layout, which shared scoring does not read.
     pub shared: Option<SharedPrompts>,
 }
 
@@ -65,7 +66,8 @@ impl PackedBatch {
     }
 
     /// [`PackedBatch::new`], and consecutive rows with equal prompts (a GRPO group) share one
-    /// prompt forward pass when scored ([`crate::prefix`]): the same log-probs and gradients,
+    /// prompt forward pass when scored ([`crate::prefix`]): the same log-probs and gradients up
+    /// to float rounding (without LoRA dropout, which then draws one mask for the shared prompt),
     /// for the prompt's compute once per group instead of once per row.
     pub fn with_shared_prompts(
         prompts: &[&[u32]],
