@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use rlzero::grpo::{clip_grad_norm, AdamW, AdamWParams, GrpoConfig, TrainPrompt, Trainer};
-use rlzero::model::pack::{completion_logprobs, PackedBatch};
+use rlzero::model::pack::{completion_nll, PackedBatch};
 use rlzero::model::{load, Decoder, LoadOptions, ModelSource, TextTokenizer};
 use rlzero::rewards::{reward_fn, Reference, RewardInput, RewardSet};
 use rlzero::rollout::{rollout, SamplingParams};
@@ -152,9 +152,7 @@ fn cold_start(
         let ps: Vec<&[u32]> = batch.iter().map(|r| r.0.as_slice()).collect();
         let cs: Vec<&[u32]> = batch.iter().map(|r| r.1.as_slice()).collect();
         let packed = PackedBatch::new(&ps, &cs, eos, dec.device())?;
-        let lp = completion_logprobs(dec, &packed, 1.0, false)?.logprobs; // (B, C)
-        let mask = &packed.completion_mask;
-        let loss = ((lp * mask)?.sum_all()? / mask.sum_all()?.to_scalar::<f32>()? as f64)?.neg()?;
+        let loss = completion_nll(dec, &packed)?;
         let mut grads = loss.backward()?;
         clip_grad_norm(&mut grads, &vars, 1.0)?;
         opt.step_default_lr(&grads)?;

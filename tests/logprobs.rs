@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use rlzero::model::logprobs::{entropy, selective_log_softmax};
-use rlzero::model::pack::{completion_logprobs, PackedBatch};
+use rlzero::model::pack::{completion_logprobs, completion_nll, PackedBatch};
 use rlzero::model::WeightMode;
 
 fn logits(n: usize, v: usize, dtype: DType) -> Tensor {
@@ -227,4 +227,24 @@ fn packed_batch_scores_equal_per_sequence_scores() {
             }
         }
     }
+}
+
+/// The SFT loss is the mean negative log-likelihood over the real completion tokens only.
+#[test]
+fn completion_nll_averages_the_real_tokens() {
+    let d = common::tiny_decoder(common::TINY[0], DType::F32, WeightMode::Frozen);
+    let pr: [&[u32]; 2] = [&[5, 17, 3], &[9]];
+    let co: [&[u32]; 2] = [&[7, 7, 1], &[11]];
+    let batch = PackedBatch::new(&pr, &co, 7, &Device::Cpu).unwrap();
+    let lp = completion_logprobs(&d, &batch, 1.0, false)
+        .unwrap()
+        .logprobs
+        .to_vec2::<f32>()
+        .unwrap();
+    let want = -(lp[0][0] + lp[0][1] + lp[0][2] + lp[1][0]) / 4.0;
+    let got = completion_nll(&d, &batch)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!((got - want).abs() < 1e-6, "{got} vs {want}");
 }

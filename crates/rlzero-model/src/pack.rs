@@ -202,6 +202,15 @@ pub fn completion_logprobs(
     score_predicting(decoder, &h, batch, temperature, with_entropy)
 }
 
+/// Supervised fine-tuning's loss: the mean negative log-likelihood of `batch`'s real
+/// completion tokens under `decoder` (T = 1), a differentiable scalar.
+pub fn completion_nll(decoder: &Decoder, batch: &PackedBatch) -> Result<Tensor> {
+    let lp = completion_logprobs(decoder, batch, 1.0, false)?.logprobs; // (B, C)
+    let mask = batch.completion_mask.to_dtype(lp.dtype())?; // (B, C)
+    let tokens = batch.completion_mask.sum_all()?.to_scalar::<f32>()? as f64;
+    Ok(((lp * mask)?.sum_all()?.neg()? / tokens)?)
+}
+
 /// The head of [`completion_logprobs`]: the normed hidden states that predict the completion
 /// tokens `(B, C, H)` ([`Decoder::predicting`]) → their log-probs (and entropies).
 pub(crate) fn score_predicting(
