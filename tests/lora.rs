@@ -143,6 +143,37 @@ fn linear_matmul_equals_matmul_with_both_gradients() -> Result<()> {
     Ok(())
 }
 
+/// In f32 on the CPU the weight gradient may come from rlzero's own gemm (`sgemm`, on AVX2 CPUs
+/// without AVX-512): it must equal candle's product to f32 rounding, for sizes off every tile and
+/// block edge.
+#[test]
+fn linear_matmul_f32_gradients_match_candles_matmul() -> Result<()> {
+    let x = Var::from_tensor(&noise((3, 101, 70), DType::F32, 8)?)?; // (B, T, in)
+    let w = Var::from_tensor(&noise((37, 70), DType::F32, 9)?)?; // (out, in)
+    let r = noise((3, 101, 37), DType::F32, 10)?; // (B, T, out)
+    let plain = x
+        .reshape((303, 70))?
+        .matmul(&w.t()?)?
+        .reshape((3, 101, 37))?;
+    let one = linear_matmul(&x, &w)?;
+    let gp = (&plain * &r)?.sum_all()?.backward()?;
+    let go = (&one * &r)?.sum_all()?.backward()?;
+    for (n, v) in [("x", &x), ("w", &w)] {
+        let (a, b) = (grad::<f32>(&gp, n, v)?, grad::<f32>(&go, n, v)?);
+        assert_eq!(a.len(), b.len(), "{n}");
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            worst <= 1e-5 * scale,
+            "{n}: {worst} against a scale of {scale}"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn zero_b_adapters_leave_logits_unchanged() -> Result<()> {
     for name in TINY {

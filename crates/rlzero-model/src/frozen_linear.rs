@@ -40,10 +40,12 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, MetalStorage, Shape, Storage, Tensor,
+    CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, MetalStorage, Shape, Storage,
+    Tensor,
 };
 
 use crate::error::{ModelError, Result};
+use crate::sgemm::{sgemm, MatRef};
 
 /// A gemm's `(b, m, n, k)`, the layouts of `x` as `(N, in)` and of `W`ᵀ, and the output shape.
 type Plan = ((usize, usize, usize, usize), Layout, Layout, Shape);
@@ -183,9 +185,38 @@ impl CustomOp2 for LinearMatmul {
         let w = w.detach();
         let x2 = x.detach().reshape(((), in_dim))?; // (N, in)
         let dx = g.matmul(&w)?.reshape(x.shape())?; // (…, in)
-        let dw = g.t()?.matmul(&x2)?; // (out, in)
+        let dw = match weight_grad_sgemm(&g, &x2)? {
+            Some(dw) => dw,
+            None => g.t()?.matmul(&x2)?, // (out, in)
+        };
         Ok((Some(dx), Some(dw)))
     }
+}
+
+/// `Gᵀ x` `(out, in)` with [`crate::sgemm`] where it is the faster product (f32 on an AVX2 CPU
+/// without AVX-512, see [`crate::sgemm::preferred`]): `gemm` handles the transposed `Gᵀ` at
+/// 136–154 GFLOP/s there, the packed kernel at 157–165 (`examples/matmul_bench.rs`). `None`
+/// elsewhere, for candle's matmul.
+fn weight_grad_sgemm(g: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    let f32_cpu = g.device().is_cpu() && g.dtype() == DType::F32 && x.dtype() == DType::F32;
+    if !(f32_cpu && crate::sgemm::preferred()) {
+        return Ok(None);
+    }
+    let (g, x) = (g.contiguous()?, x.contiguous()?);
+    let ((n, out), (_, inp)) = (g.dims2()?, x.dims2()?);
+    let (gs, gl) = g.storage_and_layout();
+    let (xs, xl) = x.storage_and_layout();
+    let (Storage::Cpu(gs), Storage::Cpu(xs)) = (&*gs, &*xs) else {
+        return Ok(None);
+    };
+    let gv = crate::fused::contiguous(gs.as_slice::<f32>()?, gl, "gradient")?;
+    let xv = crate::fused::contiguous(xs.as_slice::<f32>()?, xl, "input")?;
+    let sg = |e: ModelError| candle_core::Error::Msg(e.to_string());
+    let a = MatRef::row_major(gv, n, out).map_err(sg)?.t(); // Gᵀ (out, N)
+    let b = MatRef::row_major(xv, n, inp).map_err(sg)?; // x (N, in)
+    let mut dw = vec![0f32; out * inp];
+    sgemm(a, b, &mut dw, false).map_err(sg)?;
+    Ok(Some(Tensor::from_vec(dw, (out, inp), g.device())?)) // (out, in)
 }
 
 /// `x Wᵀ` for `x` `(…, in)` and a frozen `W` `(out, in)` → `(…, out)`, differentiable in `x`

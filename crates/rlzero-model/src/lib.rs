@@ -35,6 +35,7 @@ pub mod prefix;
 pub mod recompute;
 pub mod rope;
 pub mod safetensors_io;
+pub mod sgemm;
 pub mod tokenizer;
 mod validate;
 pub mod weights;
