@@ -6,8 +6,11 @@
 //!     ./scripts/fetch-models.sh
 //!     cargo run --release --example rollout_bench [-- path/to/model.gguf]
 //!
-//! `DEVICE=cuda:0` (a `--features cuda` build), `DTYPE=bf16` and `BACKEND=tensor|fast|auto`
-//! (default auto) choose where and how the rollout runs.
+//! `DEVICE=cuda:0` (a `--features cuda` build), `DTYPE=bf16` and
+//! `BACKEND=tensor|fast|fast-bf16|auto` (default auto) choose where and how the rollout runs.
+//! After the one-group run it scores that group's completions with the f32 trainer's forward and
+//! prints the largest and mean |sampler − trainer| log-prob gap: rounding-level for the f32
+//! backends, the bf16 weights' policy shift for `fast-bf16`.
 use std::time::Instant;
 
 use anyhow::Result;
@@ -35,8 +38,9 @@ fn main() -> Result<()> {
     let backend = match env("BACKEND", "auto").as_str() {
         "auto" => RolloutBackend::Auto,
         "fast" => RolloutBackend::FastCpu,
+        "fast-bf16" => RolloutBackend::FastCpuBf16,
         "tensor" => RolloutBackend::Tensor,
-        other => anyhow::bail!("BACKEND={other}: expected auto, fast or tensor"),
+        other => anyhow::bail!("BACKEND={other}: expected auto, fast, fast-bf16 or tensor"),
     };
     let opts = LoadOptions {
         mode: WeightMode::Frozen,
@@ -98,10 +102,10 @@ fn main() -> Result<()> {
                     &out[0].text.chars().take(80).collect::<String>()
                 );
             }
-            last = Some((stats, dt, generated));
+            last = Some((stats, dt, generated, out));
         }
         tps.sort_by(|a, b| a.total_cmp(b));
-        let (s, dt, generated) = last.expect("ran");
+        let (s, dt, generated, out) = last.expect("ran");
         println!(
             "{n_prompts} prompt(s) x 8 x 128: median {:.1} gen tok/s (min {:.1}, max {:.1}); last run {dt:.2} s for {generated} tokens",
             tps[tps.len() / 2],
@@ -120,6 +124,37 @@ fn main() -> Result<()> {
             per(s.profile.other_s),
             per(s.sampling_s),
         );
+        if n_prompts == 1 {
+            let (worst, mean) = logprob_gap(&m.decoder, &batch[0], &out)?;
+            println!(
+                "  sampler vs f32 trainer log-probs over {generated} tokens: max |gap| {worst:.2e}, mean {mean:.2e}"
+            );
+        }
     }
     Ok(())
+}
+
+/// Largest and mean |sampler − trainer| log-prob over one group's completions, the trainer being
+/// the decoder's own differentiable forward (shared-prompt layout, temperature 1).
+fn logprob_gap(
+    decoder: &rlzero::model::Decoder,
+    prompt: &[u32],
+    out: &[rlzero::rollout::Completion],
+) -> Result<(f32, f32)> {
+    use rlzero::model::pack::{completion_logprobs, PackedBatch};
+    let prompts = vec![prompt; out.len()];
+    let comps: Vec<&[u32]> = out.iter().map(|c| c.token_ids.as_slice()).collect();
+    let batch = PackedBatch::with_shared_prompts(&prompts, &comps, 0, decoder.device())?;
+    let lp = completion_logprobs(decoder, &batch, 1.0, false)?
+        .logprobs
+        .to_vec2::<f32>()?;
+    let (mut worst, mut sum, mut n) = (0f32, 0f64, 0usize);
+    for (c, row) in out.iter().zip(&lp) {
+        for (a, b) in c.logprobs.iter().zip(row) {
+            worst = worst.max((a - b).abs());
+            sum += (a - b).abs() as f64;
+            n += 1;
+        }
+    }
+    Ok((worst, (sum / n.max(1) as f64) as f32))
 }

@@ -163,3 +163,55 @@ fn a_bf16_decoder_rolls_out_on_the_tensor_path() {
         }
     }
 }
+
+/// The bf16-weight rollout is exactly the f32 rollout of the model whose linear maps and LM head
+/// are rounded to bf16: the kernel widens bf16 to f32 exactly and then runs the same arithmetic.
+/// (On untied fixtures: with tied embeddings only the LM head's copy is rounded, the embedding
+/// lookup stays f32, which a rounded f32 model cannot reproduce.)
+#[test]
+fn bf16_weight_rollout_is_the_f32_rollout_of_the_rounded_model() {
+    for name in common::TINY {
+        let m = tiny(name);
+        if m.decoder.has_tied_embeddings() {
+            continue;
+        }
+        let rounded = tiny(name);
+        let mut n = 0;
+        for (path, var) in rounded.decoder.named_trainable().unwrap() {
+            if path.ends_with("_proj.weight") || path.ends_with("lm_head.weight") {
+                let r = var
+                    .to_dtype(DType::BF16)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap();
+                var.set(&r).unwrap();
+                n += 1;
+            }
+        }
+        assert_eq!(
+            n,
+            m.config.num_hidden_layers * 7 + 1,
+            "{name}: every linear map rounded"
+        );
+        let p = SamplingParams {
+            temperature: 0.8,
+            max_new_tokens: 40,
+            seed: 3,
+            ..Default::default()
+        };
+        let bf16 = run(&m, RolloutBackend::FastCpuBf16, &p);
+        let reference = run(&rounded, RolloutBackend::FastCpu, &p);
+        for (a, b) in bf16.iter().zip(&reference) {
+            assert_eq!(a.token_ids, b.token_ids, "{name}");
+            assert_eq!(a.logprobs, b.logprobs, "{name}");
+        }
+        // And it is a different policy from the f32 one (the test would be vacuous otherwise).
+        let f32_out = run(&m, RolloutBackend::FastCpu, &p);
+        assert!(
+            bf16.iter()
+                .zip(&f32_out)
+                .any(|(a, b)| a.logprobs != b.logprobs),
+            "{name}"
+        );
+    }
+}

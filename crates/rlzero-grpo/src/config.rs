@@ -18,7 +18,7 @@
 use std::path::Path;
 
 use rlzero_model::lora::LoraConfig;
-use rlzero_rollout::SamplingParams;
+use rlzero_rollout::{RolloutBackend, SamplingParams};
 use serde::{Deserialize, Serialize};
 
 use crate::advantages::{Aggregation, ScaleRewards};
@@ -66,6 +66,33 @@ pub struct SamplingConfig {
     pub repetition_penalty: f64,
     /// Strings that end a completion. Default none.
     pub stop_strings: Vec<String>,
+    /// The precision the CPU rollout streams the weights in. Default `f32`: the sampler is the
+    /// trainer's policy to rounding (log-prob gap ~3e-5). `bf16` halves the bytes per decode step
+    /// (SmolLM2-135M, one group of 8: 43–46 → 33–34 ms per step on a 2-core AVX2 host) at a
+    /// policy shift (gap mean ~8e-3, max ~5e-2 there; `examples/rollout_bench.rs`), so with
+    /// `num_iterations > 1` it needs `old_logprobs = "recompute"`. f32 CPU models only.
+    pub rollout_weights: RolloutWeights,
+}
+
+/// The precision of the weights a CPU rollout streams ([`SamplingConfig::rollout_weights`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutWeights {
+    /// The f32 weights themselves (default).
+    #[default]
+    F32,
+    /// A bf16 copy rounded from the f32 weights at each rollout (`RolloutBackend::FastCpuBf16`).
+    Bf16,
+}
+
+impl RolloutWeights {
+    /// The rollout backend that streams these weights.
+    pub fn backend(self) -> RolloutBackend {
+        match self {
+            RolloutWeights::F32 => RolloutBackend::Auto,
+            RolloutWeights::Bf16 => RolloutBackend::FastCpuBf16,
+        }
+    }
 }
 
 impl Default for SamplingConfig {
@@ -79,6 +106,7 @@ impl Default for SamplingConfig {
             min_p: 0.0,
             repetition_penalty: 1.0,
             stop_strings: Vec::new(),
+            rollout_weights: RolloutWeights::F32,
         }
     }
 }
@@ -288,6 +316,23 @@ impl GrpoConfig {
                  forward's by up to ~0.1, a ratio error of ~10 % against a clip range of 0.2",
             ));
         }
+        if self.sampling.rollout_weights == RolloutWeights::Bf16 {
+            if self.precision == Precision::Bf16 {
+                return Err(GrpoError::config(
+                    "sampling.rollout_weights",
+                    "bf16 rollout weights are for f32 models on the CPU; with precision = bf16 the \
+                     rollout already runs on the bf16 working copy",
+                ));
+            }
+            if self.num_iterations > 1 && self.old_logprobs == OldLogprobs::Rollout {
+                return Err(GrpoError::config(
+                    "old_logprobs",
+                    "with rollout_weights = bf16 and num_iterations > 1 the old log-probs must be \
+                     recomputed (old_logprobs = \"recompute\"): the bf16 sampler's log-probs differ \
+                     from the f32 policy's by up to ~5e-2",
+                ));
+            }
+        }
         if self.precision == Precision::Bf16 && self.lora.is_some() {
             return Err(GrpoError::config(
                 "precision",
@@ -393,6 +438,24 @@ mod tests {
         assert_eq!(field_of("[sampling]\ntemperature = 0.0"), "sampling");
         assert_eq!(field_of("[optim]\nlr = -1.0"), "optim.lr");
         assert_eq!(field_of("[lora]\nr = 0"), "lora");
+        // bf16 rollout weights: not with a bf16 model, nor as the old policy of several updates.
+        let bf16 = "[sampling]\nrollout_weights = \"bf16\"";
+        assert_eq!(
+            field_of(&format!("precision = \"bf16\"\n{bf16}")),
+            "sampling.rollout_weights"
+        );
+        assert_eq!(
+            field_of(&format!("num_iterations = 2\n{bf16}")),
+            "old_logprobs"
+        );
+        let ok = GrpoConfig::from_toml_str(&format!(
+            "num_iterations = 2\nold_logprobs = \"recompute\"\n{bf16}"
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.sampling.rollout_weights.backend(),
+            RolloutBackend::FastCpuBf16
+        );
     }
 
     #[test]

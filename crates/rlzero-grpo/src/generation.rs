@@ -8,7 +8,7 @@
 
 use rlzero_model::{Decoder, TextTokenizer};
 use rlzero_rewards::{weighted_total, Reference, RewardInput, RewardSet};
-use rlzero_rollout::{rollout, Completion, FinishReason, SamplingParams};
+use rlzero_rollout::{rollout_on, Completion, FinishReason, RolloutBackend, SamplingParams};
 
 use crate::advantages::{is_zero, nanstd};
 use crate::error::{GrpoError, Result};
@@ -68,6 +68,8 @@ pub(crate) struct GenerateArgs<'a> {
     pub tokenizer: &'a TextTokenizer,
     pub rewards: &'a RewardSet,
     pub params: &'a SamplingParams,
+    /// How the rollout runs (f32 or bf16 weights on the CPU: `SamplingConfig::rollout_weights`).
+    pub backend: RolloutBackend,
     pub prompts_per_step: usize,
     pub num_generations: usize,
     pub dynamic_sampling: bool,
@@ -109,7 +111,15 @@ pub(crate) fn generate(
         }
         let ids: Vec<Vec<u32>> = batch.iter().map(|p| p.ids.clone()).collect();
         let seed_step = a.batch_index * ROUND_STRIDE + round as u64;
-        let completions = rollout(a.model, a.tokenizer, &ids, g, a.params, seed_step)?;
+        let (completions, _) = rollout_on(
+            a.backend,
+            a.model,
+            a.tokenizer,
+            &ids,
+            g,
+            a.params,
+            seed_step,
+        )?;
         out.completions_sampled += completions.len();
         out.tokens_sampled += completions.iter().map(|c| c.token_ids.len()).sum::<usize>();
         let inputs = reward_inputs(&batch, &completions, a.params.max_new_tokens);

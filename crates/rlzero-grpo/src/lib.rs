@@ -19,7 +19,7 @@ pub mod report;
 pub mod schedule;
 pub mod trainer;
 
-pub use config::{GrpoConfig, OldLogprobs, SamplingConfig};
+pub use config::{GrpoConfig, OldLogprobs, RolloutWeights, SamplingConfig};
 pub use error::{GrpoError, Result};
 pub use generation::TrainPrompt;
 pub use loss::{IsLevel, LossConfig, LossType};

@@ -194,6 +194,7 @@ impl Trainer {
                     tokenizer: &self.tokenizer,
                     rewards: &self.rewards,
                     params: &params,
+                    backend: cfg.sampling.rollout_weights.backend(),
                     prompts_per_step: cfg.prompts_per_step,
                     num_generations: g,
                     dynamic_sampling: cfg.dynamic_sampling,

@@ -25,6 +25,14 @@ pub enum RolloutBackend {
     /// Always the fast CPU path; errors for a decoder it cannot run
     /// ([`crate::RolloutError::UnsupportedModel`], [`crate::RolloutError::AdaptersNotMerged`]).
     FastCpu,
+    /// The fast CPU path streaming the linear maps and the LM head as bf16, rounded from the f32
+    /// weights when the rollout starts (so it follows every optimizer step). Half the bytes per
+    /// decode step, the same f32 arithmetic after loading, but a slightly different policy: the
+    /// completions' `logprobs` are the bf16 sampler's, so a trainer must score them with its own
+    /// f32 forward (GRPO's `old_logprobs = recompute`), not reuse them as the f32 policy's. The
+    /// gap is measured by `examples/rollout_bench.rs` (`BACKEND=fast-bf16`). Same errors as
+    /// `FastCpu`.
+    FastCpuBf16,
     /// Always the tensor path, on the decoder's own device and dtype.
     Tensor,
 }

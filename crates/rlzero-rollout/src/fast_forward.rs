@@ -16,7 +16,9 @@ use rlzero_model::{Architecture, Decoder, DecoderConfig};
 use crate::attention::attention;
 use crate::backend::StepModel;
 use crate::error::{Result, RolloutError};
-use crate::kernels::{linear, linear_many, Matrix};
+use rayon::prelude::*;
+
+use crate::kernels::{linear, linear_many, Bf16, Matrix};
 use crate::kv_cache::KvCache;
 
 /// Seconds spent in each part of the batched decode steps, accumulated over a rollout.
@@ -108,32 +110,87 @@ impl<'t> WeightGuards<'t> {
     }
 }
 
+/// The precision the decode path streams the linear maps' weights in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WeightFormat {
+    /// The f32 weights' own memory, no copy.
+    F32,
+    /// A bf16 copy (round to nearest even) made when the rollout starts, so it follows every
+    /// optimizer step; the embedding lookup and the norms stay f32.
+    Bf16,
+}
+
+/// A linear map's weight `(out, in)` as streamed.
+enum LinWeight<'a> {
+    F32(&'a [f32]),
+    Bf16(Vec<Bf16>),
+}
+
 /// A linear map's weight `(out, in)` and optional bias.
 struct Lin<'a> {
-    w: &'a [f32],
+    w: LinWeight<'a>,
     b: Option<&'a [f32]>,
     out: usize,
     inp: usize,
 }
 
 impl<'a> Lin<'a> {
-    fn apply(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        linear(x, rows, self.inp, self.w, self.out, self.b)
+    fn new(w: &'a [f32], b: Option<&'a [f32]>, out: usize, inp: usize, f: WeightFormat) -> Self {
+        let w = match f {
+            WeightFormat::F32 => LinWeight::F32(w),
+            WeightFormat::Bf16 => {
+                let mut v = vec![Bf16::default(); w.len()];
+                v.par_chunks_mut(1 << 16)
+                    .zip(w.par_chunks(1 << 16))
+                    .for_each(|(d, s)| {
+                        d.iter_mut()
+                            .zip(s)
+                            .for_each(|(d, &s)| *d = Bf16::from_f32(s))
+                    });
+                LinWeight::Bf16(v)
+            }
+        };
+        Self { w, b, out, inp }
     }
 
-    fn matrix(&self) -> Matrix<'a> {
-        Matrix {
-            w: self.w,
-            bias: self.b,
-            out: self.out,
+    fn apply(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        match &self.w {
+            LinWeight::F32(w) => linear(x, rows, self.inp, w, self.out, self.b),
+            LinWeight::Bf16(w) => linear(x, rows, self.inp, w, self.out, self.b),
         }
     }
 }
 
-/// Runs matrices that share their input as one parallel pass.
+/// Runs matrices that share their input as one parallel pass (each matrix alone if their
+/// formats differ, which `FastDecoder::new` never does).
 fn apply_all<const N: usize>(lins: [&Lin<'_>; N], x: &[f32], rows: usize) -> [Vec<f32>; N] {
-    let mats: Vec<Matrix<'_>> = lins.iter().map(|l| l.matrix()).collect();
-    let outs = linear_many(x, rows, lins[0].inp, &mats);
+    let f32s: Option<Vec<Matrix<'_, f32>>> = lins
+        .iter()
+        .map(|l| match &l.w {
+            LinWeight::F32(w) => Some(Matrix {
+                w,
+                bias: l.b,
+                out: l.out,
+            }),
+            LinWeight::Bf16(_) => None,
+        })
+        .collect();
+    let bf16s: Option<Vec<Matrix<'_, Bf16>>> = lins
+        .iter()
+        .map(|l| match &l.w {
+            LinWeight::Bf16(w) => Some(Matrix {
+                w,
+                bias: l.b,
+                out: l.out,
+            }),
+            LinWeight::F32(_) => None,
+        })
+        .collect();
+    let outs = match (f32s, bf16s) {
+        (Some(m), _) => linear_many(x, rows, lins[0].inp, &m),
+        (_, Some(m)) => linear_many(x, rows, lins[0].inp, &m),
+        _ => lins.iter().map(|l| l.apply(x, rows)).collect(),
+    };
     outs.try_into()
         .unwrap_or_else(|_| unreachable!("one output per matrix"))
 }
@@ -173,9 +230,13 @@ pub struct FastDecoder<'a> {
 }
 
 impl<'a> FastDecoder<'a> {
-    /// The decode path over `guards` (the locked weights of `d`). Errors with
-    /// [`RolloutError::AdaptersNotMerged`] if `d` carries LoRA adapters.
-    pub fn new(d: &Decoder, guards: &'a WeightGuards<'_>) -> Result<Self> {
+    /// The decode path over `guards` (the locked weights of `d`), streaming the linear maps in
+    /// `format`. Errors with [`RolloutError::AdaptersNotMerged`] if `d` carries LoRA adapters.
+    pub(crate) fn new(
+        d: &Decoder,
+        guards: &'a WeightGuards<'_>,
+        format: WeightFormat,
+    ) -> Result<Self> {
         if d.has_adapters() {
             return Err(RolloutError::AdaptersNotMerged);
         }
@@ -205,26 +266,27 @@ impl<'a> FastDecoder<'a> {
             p: &Linear,
             out: usize,
             inp: usize,
+            format: WeightFormat,
         ) -> Lin<'s> {
             let w = next();
             let b = p.bias.as_ref().map(|_| next());
-            Lin { w, b, out, inp }
+            Lin::new(w, b, out, inp, format)
         }
         let embed = next();
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in d.layers() {
             let a = &l.self_attn;
             let in_norm = next();
-            let q = lin(&mut next, &a.q_proj, nq, h);
-            let k = lin(&mut next, &a.k_proj, kv * hd, h);
-            let v = lin(&mut next, &a.v_proj, kv * hd, h);
-            let o = lin(&mut next, &a.o_proj, h, nq);
+            let q = lin(&mut next, &a.q_proj, nq, h, format);
+            let k = lin(&mut next, &a.k_proj, kv * hd, h, format);
+            let v = lin(&mut next, &a.v_proj, kv * hd, h, format);
+            let o = lin(&mut next, &a.o_proj, h, nq, format);
             let q_norm = a.q_norm.as_ref().map(|_| next());
             let k_norm = a.k_norm.as_ref().map(|_| next());
             let post_norm = next();
-            let gate = lin(&mut next, &l.mlp.gate_proj, inter, h);
-            let up = lin(&mut next, &l.mlp.up_proj, inter, h);
-            let down = lin(&mut next, &l.mlp.down_proj, h, inter);
+            let gate = lin(&mut next, &l.mlp.gate_proj, inter, h, format);
+            let up = lin(&mut next, &l.mlp.up_proj, inter, h, format);
+            let down = lin(&mut next, &l.mlp.down_proj, h, inter, format);
             layers.push(Layer {
                 in_norm,
                 q,
@@ -240,16 +302,12 @@ impl<'a> FastDecoder<'a> {
             });
         }
         let norm = next();
-        let lm_head = Lin {
-            w: if d.has_tied_embeddings() {
-                embed
-            } else {
-                next()
-            },
-            b: None,
-            out: cfg.vocab_size,
-            inp: h,
+        let head = if d.has_tied_embeddings() {
+            embed
+        } else {
+            next()
         };
+        let lm_head = Lin::new(head, None, cfg.vocab_size, h, format);
         debug_assert!(matches!(
             cfg.architecture,
             Architecture::Llama | Architecture::Qwen2 | Architecture::Qwen3
@@ -477,9 +535,12 @@ mod tests {
             assert_eq!(ptrs.len(), n, "{name}: a storage is locked twice");
             // And the fast decoder still finds its lm_head (the embedding, when tied).
             let guards = WeightGuards::lock(&m.decoder).unwrap();
-            let fast = FastDecoder::new(&m.decoder, &guards).unwrap();
-            assert_eq!(fast.lm_head.w.len(), fast.embed.len());
-            assert_eq!(std::ptr::eq(fast.lm_head.w, fast.embed), tied, "{name}");
+            let fast = FastDecoder::new(&m.decoder, &guards, WeightFormat::F32).unwrap();
+            let LinWeight::F32(head) = fast.lm_head.w else {
+                panic!("f32 weights")
+            };
+            assert_eq!(head.len(), fast.embed.len());
+            assert_eq!(std::ptr::eq(head, fast.embed), tied, "{name}");
         }
     }
 }

@@ -24,7 +24,7 @@ use rlzero_model::{Decoder, TextTokenizer};
 
 use crate::backend::{RolloutBackend, StepModel};
 use crate::error::{Result, RolloutError};
-use crate::fast_forward::{FastDecoder, StepProfile, WeightGuards};
+use crate::fast_forward::{FastDecoder, StepProfile, WeightFormat, WeightGuards};
 use crate::params::SamplingParams;
 use crate::rng::SampleRng;
 use crate::sampler::sample;
@@ -175,13 +175,13 @@ pub fn rollout_on(
 ) -> Result<(Vec<Completion>, RolloutStats)> {
     validate(decoder, prompts, group_size, params)?;
     let fast = match backend {
-        RolloutBackend::FastCpu => true,
-        RolloutBackend::Tensor => false,
-        RolloutBackend::Auto => {
-            decoder.device().is_cpu()
-                && decoder.dtype() == candle_core::DType::F32
-                && !decoder.has_adapters()
-        }
+        RolloutBackend::FastCpu => Some(WeightFormat::F32),
+        RolloutBackend::FastCpuBf16 => Some(WeightFormat::Bf16),
+        RolloutBackend::Tensor => None,
+        RolloutBackend::Auto => (decoder.device().is_cpu()
+            && decoder.dtype() == candle_core::DType::F32
+            && !decoder.has_adapters())
+        .then_some(WeightFormat::F32),
     };
     let run = Request {
         decoder,
@@ -191,11 +191,12 @@ pub fn rollout_on(
         params,
         step,
     };
-    if fast {
-        let guards = WeightGuards::lock(decoder)?;
-        run.on(&FastDecoder::new(decoder, &guards)?)
-    } else {
-        run.on(&TensorDecoder::new(decoder)?)
+    match fast {
+        Some(format) => {
+            let guards = WeightGuards::lock(decoder)?;
+            run.on(&FastDecoder::new(decoder, &guards, format)?)
+        }
+        None => run.on(&TensorDecoder::new(decoder)?),
     }
 }
 

@@ -249,7 +249,7 @@ impl StepModel for TensorDecoder<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fast_forward::{FastDecoder, WeightGuards};
+    use crate::fast_forward::{FastDecoder, WeightFormat, WeightGuards};
     use rlzero_model::{load, LoadOptions, ModelSource};
 
     /// Chunked prefills (several new tokens over a non-empty cache: the causal bias with an
@@ -261,7 +261,7 @@ mod tests {
         for name in ["tiny-llama", "tiny-qwen3"] {
             let m = load(&ModelSource::Dir(dir.join(name)), &LoadOptions::default()).unwrap();
             let guards = WeightGuards::lock(&m.decoder).unwrap();
-            let fast = FastDecoder::new(&m.decoder, &guards).unwrap();
+            let fast = FastDecoder::new(&m.decoder, &guards, WeightFormat::F32).unwrap();
             let tensor = TensorDecoder::new(&m.decoder).unwrap();
             let (mut f1, mut f2) = (fast.new_cache(1), fast.new_cache(1));
             let (mut t1, mut t2) = (
