@@ -10,6 +10,7 @@
 //! (`gradient_checkpointing`: one layer's activations alive at a time, one more forward).
 //! All three give the same update with less activation memory. `SHARE=0` scores the prompt
 //! once per completion, as TRL does, instead of once per group (`share_prompts`).
+//! `ROLLOUT_WEIGHTS=bf16` samples with bf16 weights (`sampling.rollout_weights`).
 //!
 //!     ./scripts/fetch-models.sh
 //!     cargo run --release --example grpo_step_bench            # or MICRO=4 STEPS=6 …
@@ -57,6 +58,11 @@ fn main() -> Result<()> {
     cfg.gradient_checkpointing = std::env::var("RECOMPUTE").is_ok_and(|v| v == "1");
     // SHARE=0: score the prompt once per completion, as TRL does (default: once per group).
     cfg.share_prompts = std::env::var("SHARE").map_or(true, |v| v != "0");
+    cfg.sampling.rollout_weights = match std::env::var("ROLLOUT_WEIGHTS").as_deref() {
+        Ok("bf16") => rlzero::grpo::RolloutWeights::Bf16,
+        Ok("f32") | Err(_) => rlzero::grpo::RolloutWeights::F32,
+        Ok(other) => anyhow::bail!("ROLLOUT_WEIGHTS={other}: expected f32 or bf16"),
+    };
     // The anchor's reward: 1 when the completion contains a + b.
     let rewards = RewardSet::new().with(
         reward_fn("contains_answer", |x: &RewardInput<'_>| {
