@@ -131,6 +131,7 @@ fn main() -> Result<()> {
                 mask: &comp_mask,
                 num_items_in_batch: (BATCH * COMP) as f64,
                 micro_batch: None,
+                sampler_weights: None,
             },
         )?;
         let loss = out.loss.to_scalar::<f32>()?;

@@ -26,6 +26,7 @@ use crate::error::{GrpoError, Result};
 use crate::loss::{Accumulation, LossConfig};
 use crate::optim::AdamWParams;
 use crate::precision::Precision;
+use crate::sampler_correction::SamplerCorrection;
 use crate::schedule::LrSchedule;
 
 /// Where the "old" log-probs of the importance ratio come from when `num_iterations > 1`.
@@ -187,6 +188,12 @@ pub struct GrpoConfig {
     /// master weights and optimizer state beside a bf16 working copy ([`crate::precision`]),
     /// for GPUs (on the CPU it is slower). Full fine-tuning only.
     pub precision: Precision,
+    /// Truncated importance sampling for a sampler that differs from the trained f32 policy
+    /// (bf16 rollout weights): each token's loss is weighted by the capped ratio of the
+    /// trainer's to the sampler's probability ([`crate::sampler_correction`], TRL's
+    /// `vllm_importance_sampling_correction`). Default `None`, off: with f32 rollouts the two
+    /// agree to ~3e-5 and the weights would all be 1.
+    pub sampler_correction: Option<SamplerCorrection>,
 }
 
 impl Default for GrpoConfig {
@@ -214,6 +221,7 @@ impl Default for GrpoConfig {
             schedule: LrSchedule::default(),
             lora: None,
             precision: Precision::F32,
+            sampler_correction: None,
         }
     }
 }
@@ -315,6 +323,16 @@ impl GrpoConfig {
                  (old_logprobs = \"recompute\"): bf16 rollout log-probs differ from the bf16 \
                  forward's by up to ~0.1, a ratio error of ~10 % against a clip range of 0.2",
             ));
+        }
+        if let Some(c) = &self.sampler_correction {
+            c.validate()?;
+            if self.loss.loss_type == crate::loss::LossType::Vespo {
+                return Err(GrpoError::config(
+                    "sampler_correction",
+                    "not with loss_type = vespo, whose weights already depend on the ratio \
+                     (TRL applies no sampler correction there either)",
+                ));
+            }
         }
         if self.sampling.rollout_weights == RolloutWeights::Bf16 {
             if self.precision == Precision::Bf16 {
@@ -455,6 +473,22 @@ mod tests {
         assert_eq!(
             ok.sampling.rollout_weights.backend(),
             RolloutBackend::FastCpuBf16
+        );
+        assert_eq!(
+            field_of("[sampler_correction]\ncap = 0.0"),
+            "sampler_correction.cap"
+        );
+        assert_eq!(
+            field_of("[sampler_correction]\n[loss]\nloss_type = \"vespo\""),
+            "sampler_correction"
+        );
+        let c = GrpoConfig::from_toml_str("[sampler_correction]\nmode = \"sequence_mask\"")
+            .unwrap()
+            .sampler_correction
+            .unwrap();
+        assert_eq!(
+            (c.mode, c.cap),
+            (crate::sampler_correction::IsMode::SequenceMask, 2.0)
         );
     }
 

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod optim;
 pub mod precision;
 pub mod report;
+pub mod sampler_correction;
 pub mod schedule;
 pub mod trainer;
 

@@ -25,6 +25,7 @@
 //!     mask: &Tensor::new(&[[1.0f64, 1.0]], &Device::Cpu)?,
 //!     num_items_in_batch: 2.0,
 //!     micro_batch: None,
+//!     sampler_weights: None,
 //! };
 //! let out = grpo_loss(&LossConfig::default(), &Accumulation::default(), &inputs)?;
 //! // On-policy (ratio 1), DAPO: −Σ A / num_items = −(0.5 + 0.5) / 2.
@@ -255,6 +256,10 @@ pub struct LossInputs<'a> {
     /// and luspo then use the micro-batch's totals, so the chunks' losses sum to exactly the
     /// micro-batch's. `None`: the inputs are the whole micro-batch.
     pub micro_batch: Option<(usize, f64)>,
+    /// Truncated importance-sampling weights for a sampler that differs from the policy
+    /// ([`crate::sampler_correction`]), `(B, T)` or `(B, 1)`, detached: each token's policy
+    /// term is multiplied by its weight before the KL term is added (TRL). `None`: no correction.
+    pub sampler_weights: Option<&'a Tensor>,
 }
 
 /// The loss and the statistics TRL logs for one micro-batch.
@@ -426,6 +431,9 @@ pub fn grpo_loss(cfg: &LossConfig, acc: &Accumulation, x: &LossInputs<'_>) -> Re
             phi.broadcast_mul(&adv)?.broadcast_mul(lp)?.neg()?
         }
     };
+    if let Some(w) = x.sampler_weights {
+        per_token_loss = per_token_loss.broadcast_mul(&w.to_dtype(dtype)?.detach())?;
+    }
     if let Some(kl) = &per_token_kl {
         per_token_loss = per_token_loss.broadcast_add(&(kl * cfg.beta)?)?;
         out.kl = Some(masked_mean(kl, &mask)?);

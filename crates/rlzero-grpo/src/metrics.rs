@@ -75,6 +75,10 @@ pub struct StepMetrics {
     pub cispo_clip_ratio: Option<f64>,
     /// `vespo/phi_seq_mean`.
     pub vespo_phi_mean: Option<f64>,
+    /// With a sampler correction ([`crate::sampler_correction`]): TRL's
+    /// `sampling/sampling_logp_difference/{mean,max}` and
+    /// `sampling/importance_sampling_ratio/{min,mean,max}`.
+    pub sampler: Option<crate::sampler_correction::SamplerStats>,
     /// The loss summed over the step's micro-batches, as back-propagated (`loss`).
     pub loss: f64,
     /// Global gradient L2 norm before clipping (`grad_norm`); of the last iteration when μ > 1.
@@ -147,6 +151,13 @@ impl StepMetrics {
             if let Some(v) = v {
                 put(k, v);
             }
+        }
+        if let Some(s) = &self.sampler {
+            put("sampling/sampling_logp_difference/mean", s.logp_diff_mean);
+            put("sampling/sampling_logp_difference/max", s.logp_diff_max);
+            put("sampling/importance_sampling_ratio/min", s.ratio_min);
+            put("sampling/importance_sampling_ratio/mean", s.ratio_mean);
+            put("sampling/importance_sampling_ratio/max", s.ratio_max);
         }
         put("entropy", self.entropy);
         put("loss", self.loss);

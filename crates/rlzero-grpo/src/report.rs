@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::generation::TrainPrompt;
 use crate::loss::RowStats;
 use crate::metrics::{RewardStat, StepMetrics};
+use crate::sampler_correction::SamplerStats;
 
 /// One trained completion, for logs and `--explain`.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +58,7 @@ pub(crate) struct LossStats {
     region: Option<f64>,
     cispo: Option<f64>,
     phi: Option<f64>,
+    sampler: Option<SamplerStats>,
 }
 
 impl LossStats {
@@ -88,6 +90,20 @@ impl LossStats {
         Ok(())
     }
 
+    /// One loss call's sampler-correction statistics: means averaged over calls, extremes kept.
+    pub(crate) fn add_sampler(&mut self, s: SamplerStats) {
+        self.sampler = Some(match self.sampler {
+            None => s,
+            Some(a) => SamplerStats {
+                logp_diff_mean: a.logp_diff_mean + s.logp_diff_mean,
+                logp_diff_max: a.logp_diff_max.max(s.logp_diff_max),
+                ratio_min: a.ratio_min.min(s.ratio_min),
+                ratio_mean: a.ratio_mean + s.ratio_mean,
+                ratio_max: a.ratio_max.max(s.ratio_max),
+            },
+        });
+    }
+
     pub(crate) fn finish(&self, m: &mut StepMetrics) {
         let n = self.calls.max(1.0);
         let mean = |v: Option<f64>| v.map(|s| s / n);
@@ -98,6 +114,11 @@ impl LossStats {
         m.clip_ratio_region = mean(self.region);
         m.cispo_clip_ratio = mean(self.cispo);
         m.vespo_phi_mean = mean(self.phi);
+        m.sampler = self.sampler.map(|s| SamplerStats {
+            logp_diff_mean: s.logp_diff_mean / n,
+            ratio_mean: s.ratio_mean / n,
+            ..s
+        });
     }
 }
 

@@ -38,6 +38,7 @@ use crate::metrics::{PhaseTimes, StepMetrics};
 use crate::optim::{clip_grad_norm, grad_norm, AdamW};
 use crate::precision::{ComputeCopy, Precision};
 use crate::report::{fill_reward_metrics, records, LossStats, StepReport};
+use crate::sampler_correction::sampler_weights;
 
 /// A micro-batch ready for the loss: packed sequences and per-token data.
 struct MicroBatch {
@@ -48,6 +49,8 @@ struct MicroBatch {
     advantages: Tensor,
     old: Option<Tensor>,
     reference: Option<Tensor>,
+    /// `(B, C)` the rollout's own log-probs, when a sampler correction is configured.
+    sampler: Option<Tensor>,
 }
 
 /// GRPO training state: policy, optional reference, optimizer, rewards, step count.
@@ -363,6 +366,17 @@ impl Trainer {
                     };
                     let old = mb.old.as_ref().map(&part).transpose()?;
                     let reference = mb.reference.as_ref().map(&part).transpose()?;
+                    // The trainer's log-probs of the sampled tokens: the old policy's when
+                    // recomputed, else the current ones (the same numbers on the first update).
+                    let sampler_weights = match (&cfg.sampler_correction, &mb.sampler) {
+                        (Some(c), Some(s)) => {
+                            let trainer = old.as_ref().unwrap_or(&scores.logprobs);
+                            let (w, s) = sampler_weights(c, trainer, &part(s)?, &mask)?;
+                            stats.add_sampler(s);
+                            Some(w)
+                        }
+                        _ => None,
+                    };
                     let out = grpo_loss(
                         &cfg.loss,
                         &acc,
@@ -374,6 +388,7 @@ impl Trainer {
                             mask: &mask,
                             num_items_in_batch: num_items,
                             micro_batch: mb_tokens.map(|tokens| (rows, tokens)),
+                            sampler_weights: sampler_weights.as_ref(),
                         },
                     )?;
                     times.forward += t.elapsed().as_secs_f64();
@@ -536,12 +551,17 @@ impl Trainer {
                 ),
                 None => None,
             };
+            let sampler = match cfg.sampler_correction {
+                Some(_) => Some(padded_logprobs(rows, batch.completion_len, &dev)?),
+                None => None,
+            };
             out.push(MicroBatch {
                 batch,
                 loss_mask,
                 advantages,
                 old,
                 reference,
+                sampler,
             });
         }
         Ok(out)

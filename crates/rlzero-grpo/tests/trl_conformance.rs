@@ -99,6 +99,7 @@ fn run_loss_cases(dtype: DType, tol: f64) {
             mask: &mask,
             num_items_in_batch: f(&c["num_items_in_batch"]),
             micro_batch: None,
+            sampler_weights: None,
         };
         let out = grpo_loss(&cfg, &acc, &inputs).unwrap_or_else(|e| panic!("{name}: {e}"));
         let loss = out
