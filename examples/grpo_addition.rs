@@ -23,6 +23,10 @@
 //! `SFT_STEPS=n` first runs a cold start, as DeepSeek-R1 did before its RL stage: `n` steps of
 //! supervised fine-tuning (batches of 16, lr 1e-5, AdamW) on the first 64 training pairs with the
 //! bare sum as the reply, then GRPO. Held-out accuracy is printed after each stage.
+//!
+//! `ROLLOUT_WEIGHTS=bf16` samples with bf16 weights (`sampling.rollout_weights`) and weights the
+//! loss by the truncated importance ratio of the f32 policy to that sampler
+//! (`sampler_correction`, token-truncate, cap 2); `TIS=0` leaves the correction off.
 use std::time::Instant;
 
 use anyhow::Result;
@@ -210,6 +214,16 @@ fn main() -> Result<()> {
     cfg.gradient_checkpointing = recompute;
     // SHARE=0 scores each prompt once per completion, as TRL does (default: once per group).
     cfg.share_prompts = env("SHARE").is_none_or(|v| v != "0");
+    match env("ROLLOUT_WEIGHTS").as_deref() {
+        None | Some("f32") => {}
+        Some("bf16") => {
+            cfg.sampling.rollout_weights = rlzero::grpo::RolloutWeights::Bf16;
+            if env("TIS").is_none_or(|v| v != "0") {
+                cfg.sampler_correction = Some(Default::default());
+            }
+        }
+        Some(other) => anyhow::bail!("ROLLOUT_WEIGHTS={other}: expected f32 or bf16"),
+    }
     let answer = |x: &RewardInput<'_>| match x.reference {
         Reference::Answer(a) => a.parse::<i64>().ok(),
         _ => None,
@@ -309,6 +323,12 @@ fn main() -> Result<()> {
             m.phases.backward,
             m.phases.optimizer
         );
+        if let Some(s) = &m.sampler {
+            println!(
+                "          sampler vs f32 policy: |logp gap| mean {:.2e} max {:.2e}; IS weight min {:.3} mean {:.3} max {:.3}",
+                s.logp_diff_mean, s.logp_diff_max, s.ratio_min, s.ratio_mean, s.ratio_max
+            );
+        }
         if strict_recipe {
             let per: Vec<String> = m
                 .rewards

@@ -1,6 +1,6 @@
 //! The training step's matrix products on this CPU: candle's matmul (the `gemm` crate) against
-//! rlzero's [`sgemm`](rlzero::model::sgemm) (used on AVX2 CPUs without AVX-512), f32, all cores,
-//! best of 5 after a warm-up, plus the FMA peak this CPU reaches in registers.
+//! rlzero's [`sgemm`](rlzero::model::sgemm) (used for the weight gradient on AVX2 CPUs without
+//! AVX-512), f32, all cores, best of 5 after a warm-up.
 //!
 //!     cargo run --release --example matmul_bench
 //!

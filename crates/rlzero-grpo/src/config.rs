@@ -326,11 +326,19 @@ impl GrpoConfig {
         }
         if let Some(c) = &self.sampler_correction {
             c.validate()?;
+            if self.num_iterations > 1 && self.old_logprobs == OldLogprobs::Rollout {
+                return Err(GrpoError::config(
+                    "old_logprobs",
+                    "the sampler correction compares the trainer's log-probs with the sampler's; \
+                     with num_iterations > 1 and old_logprobs = \"rollout\" those are the same \
+                     numbers (every weight 1): use old_logprobs = \"recompute\"",
+                ));
+            }
             if self.loss.loss_type == crate::loss::LossType::Vespo {
                 return Err(GrpoError::config(
                     "sampler_correction",
-                    "not with loss_type = vespo, whose weights already depend on the ratio \
-                     (TRL applies no sampler correction there either)",
+                    "not implemented with loss_type = vespo (TRL folds the sampler ratio into \
+                     VESPO's gamma weights instead of weighting the per-token loss)",
                 ));
             }
         }

@@ -354,6 +354,14 @@ pub fn grpo_loss(cfg: &LossConfig, acc: &Accumulation, x: &LossInputs<'_>) -> Re
             }
         }
     }
+    if let Some(w) = x.sampler_weights {
+        if w.dims() != [b, t] && w.dims() != [b, 1] {
+            return Err(GrpoError::InvalidInput(format!(
+                "sampler_weights is {:?}, expected ({b}, {t}) or ({b}, 1)",
+                w.dims()
+            )));
+        }
+    }
     if x.advantages.dims() != [b] {
         return Err(GrpoError::InvalidInput(format!(
             "advantages is {:?}, expected ({b},)",

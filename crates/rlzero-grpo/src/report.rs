@@ -90,17 +90,11 @@ impl LossStats {
         Ok(())
     }
 
-    /// One loss call's sampler-correction statistics: means averaged over calls, extremes kept.
+    /// One loss call's sampler-correction statistics, merged over the step's tokens.
     pub(crate) fn add_sampler(&mut self, s: SamplerStats) {
         self.sampler = Some(match self.sampler {
             None => s,
-            Some(a) => SamplerStats {
-                logp_diff_mean: a.logp_diff_mean + s.logp_diff_mean,
-                logp_diff_max: a.logp_diff_max.max(s.logp_diff_max),
-                ratio_min: a.ratio_min.min(s.ratio_min),
-                ratio_mean: a.ratio_mean + s.ratio_mean,
-                ratio_max: a.ratio_max.max(s.ratio_max),
-            },
+            Some(a) => a.merge(s),
         });
     }
 
@@ -114,11 +108,7 @@ impl LossStats {
         m.clip_ratio_region = mean(self.region);
         m.cispo_clip_ratio = mean(self.cispo);
         m.vespo_phi_mean = mean(self.phi);
-        m.sampler = self.sampler.map(|s| SamplerStats {
-            logp_diff_mean: s.logp_diff_mean / n,
-            ratio_mean: s.ratio_mean / n,
-            ..s
-        });
+        m.sampler = self.sampler.filter(|s| s.weights > 0);
     }
 }
 

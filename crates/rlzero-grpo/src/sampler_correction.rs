@@ -98,6 +98,43 @@ pub struct SamplerStats {
     pub ratio_mean: f64,
     /// Largest weight.
     pub ratio_max: f64,
+    /// Tokens the log-prob differences are taken over.
+    pub tokens: usize,
+    /// Weights the ratio statistics are taken over (tokens, or sequences with a token).
+    pub weights: usize,
+}
+
+impl SamplerStats {
+    /// The statistics of `self`'s tokens and `other`'s together (means weighted by their counts;
+    /// a side with no tokens changes nothing).
+    pub fn merge(self, other: Self) -> Self {
+        let mean = |a: f64, na: usize, b: f64, nb: usize| {
+            if na + nb == 0 {
+                0.0
+            } else {
+                (a * na as f64 + b * nb as f64) / (na + nb) as f64
+            }
+        };
+        Self {
+            logp_diff_mean: mean(
+                self.logp_diff_mean,
+                self.tokens,
+                other.logp_diff_mean,
+                other.tokens,
+            ),
+            logp_diff_max: self.logp_diff_max.max(other.logp_diff_max),
+            ratio_min: self.ratio_min.min(other.ratio_min),
+            ratio_mean: mean(
+                self.ratio_mean,
+                self.weights,
+                other.ratio_mean,
+                other.weights,
+            ),
+            ratio_max: self.ratio_max.max(other.ratio_max),
+            tokens: self.tokens + other.tokens,
+            weights: self.weights + other.weights,
+        }
+    }
 }
 
 /// The detached weights `ρ` — `(B, T)` in the token modes, `(B, 1)` in the sequence modes — for
@@ -131,8 +168,9 @@ pub fn sampler_weights(
         IsMode::TokenTruncate | IsMode::SequenceTruncate => {
             ratio.clamp(f64::NEG_INFINITY, c.cap)?
         }
+        // `where`, not a product: an overflowed ratio (inf) must become 0, not 0 · inf = NaN.
         IsMode::TokenMask | IsMode::SequenceMask => {
-            ratio.le(c.cap)?.to_dtype(dtype)?.mul(&ratio)?
+            ratio.le(c.cap)?.where_cond(&ratio, &ratio.zeros_like()?)?
         }
     };
 
@@ -173,6 +211,8 @@ pub fn sampler_weights(
         ratio_min: kept.iter().copied().fold(f64::INFINITY, f64::min),
         ratio_mean: mean(&kept),
         ratio_max: kept.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        tokens: counted.len(),
+        weights: kept.len(),
     };
     Ok((weights.detach(), stats))
 }
@@ -263,5 +303,41 @@ mod tests {
         let kl = 0.1 * (k3(-0.5) + k3(1.0));
         assert!((loss(None) - (-(0.5 + 0.5) + kl) / 2.0).abs() < 1e-12);
         assert!((loss(Some(&w)) - (-(2.0 * 0.5 + 0.25 * 0.5) + kl) / 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn an_overflowing_ratio_is_masked_to_zero_not_nan() {
+        let trainer = t(&[[50.0, 50.0, 0.0]]);
+        let sampler = t(&[[0.0, 0.0, 0.0]]);
+        let mask = t(&[[1.0, 1.0, 1.0]]);
+        for mode in [IsMode::SequenceMask, IsMode::TokenMask] {
+            let c = SamplerCorrection { mode, cap: 2.0 };
+            let trainer = trainer.to_dtype(DType::F32).unwrap();
+            let (w, _) = sampler_weights(&c, &trainer, &sampler, &mask).unwrap();
+            let w = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(w.iter().all(|v| v.is_finite()), "{mode:?}: {w:?}");
+            assert_eq!(w[0], 0.0);
+        }
+    }
+
+    #[test]
+    fn statistics_merge_by_token_counts() {
+        let s = |mean: f64, n: usize| SamplerStats {
+            logp_diff_mean: mean,
+            logp_diff_max: mean,
+            ratio_min: 1.0,
+            ratio_mean: mean,
+            ratio_max: 1.0,
+            tokens: n,
+            weights: n,
+        };
+        let m = s(1.0, 1).merge(s(4.0, 3));
+        assert_eq!((m.logp_diff_mean, m.ratio_mean, m.tokens), (3.25, 3.25, 4));
+        let empty = SamplerStats {
+            ratio_min: f64::INFINITY,
+            ratio_max: f64::NEG_INFINITY,
+            ..s(0.0, 0)
+        };
+        assert_eq!(s(2.0, 5).merge(empty), s(2.0, 5));
     }
 }

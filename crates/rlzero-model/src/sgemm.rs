@@ -167,7 +167,7 @@ pub fn sgemm_with(
     accumulate: bool,
 ) -> Result<()> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    if b.rows != k || c.len() != m * n {
+    if b.rows != k || m.checked_mul(n) != Some(c.len()) {
         return Err(ModelError::InvalidInput(format!(
             "sgemm: A is {m} × {k}, B {} × {n}, C has {} values",
             b.rows,
@@ -373,7 +373,7 @@ mod avx2 {
     }
 }
 
-/// A zeroed `f32` buffer aligned to a cache line, so packed panels load aligned.
+/// A zeroed `f32` buffer that starts on a cache line (full panels then never straddle one).
 struct Aligned {
     lines: Vec<Line>,
     len: usize,

@@ -3,7 +3,8 @@
 //! implement it:
 //!
 //! * the fast CPU path (`fast_forward.rs`): hand-written kernels on the f32
-//!   weights' own memory, caches as plain `Vec<f32>`;
+//!   weights' own memory (or a bf16 copy of the linear maps, `FastCpuBf16`), caches as plain
+//!   `Vec<f32>`;
 //! * the tensor path (`tensor_forward.rs`): the decoder's own candle modules
 //!   (attention, RoPE, MLP, norms) on whatever device and dtype its weights live, caches as
 //!   tensors on that device. It also runs unmerged LoRA adapters (merged into a copy of each

@@ -21,7 +21,8 @@
 //!
 //! **Paths.** The AVX2 + FMA kernel, or plain Rust with the same fused multiply-adds in the same
 //! order ([`f32::mul_add`]) on other CPUs; the CPU is asked once per call, and a test forces each
-//! path this CPU has and checks they give the same bits.
+//! path this CPU has and checks they give the same bits. (`mul_add` is one instruction on
+//! aarch64; on an x86-64 CPU without FMA it is a library call, slow but exact.)
 
 use rayon::prelude::*;
 
@@ -140,8 +141,7 @@ pub fn linear_many<W: Weight>(
     linear_many_on(Path::detect(), x, m, k, mats)
 }
 
-/// [`linear_many`] on a chosen path (which must run on this CPU: `Path::detect()` or
-/// `Path::Portable`).
+/// [`linear_many`] on a chosen path; a path this CPU cannot run falls back to the portable one.
 pub fn linear_many_on<W: Weight>(
     path: Path,
     x: &[f32],
@@ -149,6 +149,11 @@ pub fn linear_many_on<W: Weight>(
     k: usize,
     mats: &[Matrix<'_, W>],
 ) -> Vec<Vec<f32>> {
+    let path = if path == Path::detect() {
+        path
+    } else {
+        Path::Portable
+    };
     assert_eq!(x.len(), m * k, "x is not m × k");
     let mut starts = Vec::with_capacity(mats.len() + 1);
     let mut total = 0;

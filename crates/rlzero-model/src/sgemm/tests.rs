@@ -122,6 +122,11 @@ fn bad_shapes_are_errors_not_panics() {
     assert!(sgemm(a, a, &mut c, false).is_err()); // inner dimensions 3 and 2
     assert!(sgemm(a, a.t(), &mut c[..3], false).is_err()); // C too small
     sgemm(a, a.t(), &mut c, false).unwrap();
+    // Zero strides let one value stand for a huge matrix; m · n overflowing is refused.
+    let one = [0f32];
+    let tall = MatRef::new(&one, 1 << 32, 1, 0, 0).unwrap();
+    let wide = MatRef::new(&one, 1, 1 << 32, 0, 0).unwrap();
+    assert!(sgemm(tall, wide, &mut [], false).is_err());
     // Empty products: k = 0 clears C, or leaves it when accumulating.
     let e = MatRef::row_major(&[], 2, 0).unwrap();
     let mut c = [7f32; 4];
