@@ -1,6 +1,8 @@
 //! The training step's matrix products on this CPU: candle's matmul (the `gemm` crate) against
 //! rlzero's [`sgemm`](rlzero::model::sgemm) (used for the weight gradient on AVX2 CPUs without
-//! AVX-512), f32, all cores, best of 5 after a warm-up.
+//! AVX-512), f32, all cores, best of 5 after a warm-up; first, the FMA peak this CPU reaches
+//! with AVX2 registers alone (12 independent accumulators per thread, no memory), the ceiling
+//! any f32 gemm here can approach.
 //!
 //!     cargo run --release --example matmul_bench
 //!
@@ -23,7 +25,50 @@ fn best_of<F: FnMut() -> Result<()>>(mut f: F) -> Result<f64> {
     Ok(best)
 }
 
+/// GFLOP/s of `threads` threads each running 12 independent AVX2 FMA chains (no loads).
+#[cfg(target_arch = "x86_64")]
+fn fma_peak(threads: usize) -> Option<f64> {
+    use std::arch::x86_64::*;
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn chains(n: usize) -> f32 {
+        let mut a = [_mm256_set1_ps(1.0); 12];
+        let (b, c) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+        for _ in 0..n {
+            for v in a.iter_mut() {
+                *v = _mm256_fmadd_ps(*v, b, c);
+            }
+        }
+        let mut s = _mm256_setzero_ps();
+        for v in a {
+            s = _mm256_add_ps(s, v);
+        }
+        _mm256_cvtss_f32(s)
+    }
+    if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+        return None;
+    }
+    let n = 100_000_000usize;
+    let t = Instant::now();
+    let sum: f32 = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            // SAFETY: AVX2 and FMA were detected above.
+            .map(|_| s.spawn(move || unsafe { chains(n) }))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+    });
+    std::hint::black_box(sum);
+    Some((threads * n * 12 * 16) as f64 / t.elapsed().as_secs_f64() / 1e9)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn fma_peak(_threads: usize) -> Option<f64> {
+    None
+}
+
 fn main() -> Result<()> {
+    if let Some(p) = fma_peak(rayon::current_num_threads()) {
+        println!("AVX2 FMA peak in registers: {p:.1} GFLOP/s");
+    }
     println!(
         "threads={} kernel={:?} used_in_training={}",
         rayon::current_num_threads(),
