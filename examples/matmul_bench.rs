@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use rlzero::model::sgemm::{sgemm, Kernel, MatRef};
+use rlzero::model::sgemm::{sgemm, MatRef};
+use rlzero::model::simd::SimdPath;
 
 fn best_of<F: FnMut() -> Result<()>>(mut f: F) -> Result<f64> {
     f()?;
@@ -72,7 +73,7 @@ fn main() -> Result<()> {
     println!(
         "threads={} kernel={:?} used_in_training={}",
         rayon::current_num_threads(),
-        Kernel::detect(),
+        SimdPath::detect(),
         rlzero::model::sgemm::preferred()
     );
     let dev = Device::Cpu;

@@ -6,6 +6,7 @@
 //! zero, so it would only dilute the batch — and more prompts are sampled until the batch is
 //! full or `dynamic_sampling_max_rounds` extra rounds are spent.
 
+use candle_core::Tensor;
 use rlzero_model::{Decoder, TextTokenizer};
 use rlzero_rewards::{weighted_total, Reference, RewardInput, RewardSet};
 use rlzero_rollout::{rollout_on, Completion, FinishReason, RolloutBackend, SamplingParams};
@@ -184,4 +185,18 @@ fn has_variance(rows: &[Vec<f64>], weights: &[f64]) -> bool {
     let totals: Vec<f64> = rows.iter().map(|r| weighted_total(r, weights)).collect();
     let s = nanstd(&totals);
     !s.is_nan() && !is_zero(s)
+}
+
+/// `(B, C)` rollout log-probs of `rows`, zero-padded to `c` tokens (the old or sampler policy's).
+pub(crate) fn padded_logprobs(
+    rows: &[Completion],
+    c: usize,
+    dev: &candle_core::Device,
+) -> Result<Tensor> {
+    let mut data = vec![0f32; rows.len() * c];
+    for (i, r) in rows.iter().enumerate() {
+        data[i * c..i * c + r.logprobs.len().min(c)]
+            .copy_from_slice(&r.logprobs[..r.logprobs.len().min(c)]);
+    }
+    Ok(Tensor::from_vec(data, (rows.len(), c), dev)?)
 }

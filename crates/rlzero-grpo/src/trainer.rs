@@ -32,7 +32,7 @@ use rlzero_rollout::{Completion, FinishReason};
 use crate::advantages::compute_advantages;
 use crate::config::{GrpoConfig, OldLogprobs};
 use crate::error::{GrpoError, Result};
-use crate::generation::{generate, GenerateArgs, TrainPrompt};
+use crate::generation::{generate, padded_logprobs, GenerateArgs, TrainPrompt};
 use crate::loss::{grpo_loss, LossInputs, RowStats};
 use crate::metrics::{PhaseTimes, StepMetrics};
 use crate::optim::{clip_grad_norm, grad_norm, AdamW};
@@ -551,10 +551,10 @@ impl Trainer {
                 ),
                 None => None,
             };
-            let sampler = match cfg.sampler_correction {
-                Some(_) => Some(padded_logprobs(rows, batch.completion_len, &dev)?),
-                None => None,
-            };
+            let sampler = cfg
+                .sampler_correction
+                .map(|_| padded_logprobs(rows, batch.completion_len, &dev))
+                .transpose()?;
             out.push(MicroBatch {
                 batch,
                 loss_mask,
@@ -588,14 +588,4 @@ impl Trainer {
             samples: Vec::new(),
         }
     }
-}
-
-/// `(B, C)` rollout log-probs, zero-padded.
-fn padded_logprobs(rows: &[Completion], c: usize, dev: &candle_core::Device) -> Result<Tensor> {
-    let mut data = vec![0f32; rows.len() * c];
-    for (i, r) in rows.iter().enumerate() {
-        data[i * c..i * c + r.logprobs.len().min(c)]
-            .copy_from_slice(&r.logprobs[..r.logprobs.len().min(c)]);
-    }
-    Ok(Tensor::from_vec(data, (rows.len(), c), dev)?)
 }

@@ -36,6 +36,7 @@ pub mod recompute;
 pub mod rope;
 pub mod safetensors_io;
 pub mod sgemm;
+pub mod simd;
 pub mod tokenizer;
 mod validate;
 pub mod weights;

@@ -36,6 +36,7 @@
 use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
+use crate::simd::SimdPath;
 
 /// Rows of `C` per micro-tile.
 pub const MR: usize = 6;
@@ -106,35 +107,6 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// Which micro-kernel runs the tiles.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kernel {
-    /// AVX2 + FMA registers (x86-64 CPUs that have both).
-    Avx2,
-    /// Plain Rust with the same fused multiply-adds in the same order: every CPU, slow.
-    Portable,
-}
-
-impl Kernel {
-    /// The fastest kernel this CPU runs.
-    pub fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return Kernel::Avx2;
-        }
-        Kernel::Portable
-    }
-
-    /// `kernel` if this CPU runs it.
-    pub fn available(self) -> bool {
-        match self {
-            Kernel::Avx2 => Kernel::detect() == Kernel::Avx2,
-            Kernel::Portable => true,
-        }
-    }
-}
-
 /// Whether the training step's linear maps should use [`sgemm`] rather than candle's matmul on
 /// this CPU: AVX2 + FMA without AVX-512 (where `gemm`'s own AVX-512 kernels are as fast as this
 /// one could be). Detected once.
@@ -143,7 +115,7 @@ pub fn preferred() -> bool {
     *PREFERRED.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            Kernel::detect() == Kernel::Avx2 && !std::arch::is_x86_feature_detected!("avx512f")
+            SimdPath::detect() == SimdPath::Avx2 && !std::arch::is_x86_feature_detected!("avx512f")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -155,12 +127,12 @@ pub fn preferred() -> bool {
 /// `C = A B` (`accumulate = false`) or `C += A B`, `A` `(m, k)`, `B` `(k, n)`, `C` `(m, n)`
 /// row-major, with the fastest kernel this CPU has, on rayon's threads.
 pub fn sgemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], accumulate: bool) -> Result<()> {
-    sgemm_with(Kernel::detect(), a, b, c, accumulate)
+    sgemm_with(SimdPath::detect(), a, b, c, accumulate)
 }
 
 /// [`sgemm`] with a chosen kernel (errors if this CPU cannot run it).
 pub fn sgemm_with(
-    kernel: Kernel,
+    kernel: SimdPath,
     a: MatRef<'_>,
     b: MatRef<'_>,
     c: &mut [f32],
@@ -271,7 +243,7 @@ fn pack_b(b: &MatRef<'_>, p0: usize, kc: usize, j0: usize, nr: usize, dst: &mut 
 /// and `kernel` must be available.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
-    kernel: Kernel,
+    kernel: SimdPath,
     kc: usize,
     a: &[f32],
     b: &[f32],
@@ -291,10 +263,10 @@ unsafe fn tile(
     };
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => avx2::kernel(kc, a.as_ptr(), b.as_ptr(), dst, ld, add_here),
+        SimdPath::Avx2 => avx2::kernel(kc, a.as_ptr(), b.as_ptr(), dst, ld, add_here),
         #[cfg(not(target_arch = "x86_64"))]
-        Kernel::Avx2 => unreachable!("Kernel::available() rejects AVX2 off x86-64"),
-        Kernel::Portable => portable_kernel(kc, a, b, dst, ld, add_here),
+        SimdPath::Avx2 => unreachable!("SimdPath::available() rejects AVX2 off x86-64"),
+        SimdPath::Portable => portable_kernel(kc, a, b, dst, ld, add_here),
     }
     if !full {
         for i in 0..mr {

@@ -18,7 +18,7 @@ use crate::backend::StepModel;
 use crate::error::{Result, RolloutError};
 use rayon::prelude::*;
 
-use crate::kernels::{linear, linear_many, Bf16, Matrix};
+use crate::kernels::{linear, linear_many, Bf16, Matrix, Weight};
 use crate::kv_cache::KvCache;
 
 /// Seconds spent in each part of the batched decode steps, accumulated over a rollout.
@@ -161,34 +161,37 @@ impl<'a> Lin<'a> {
     }
 }
 
+/// The matrices of `lins` as kernel inputs, if every weight is in the format `pick` accepts.
+fn matrices<'l, W: Weight>(
+    lins: &[&'l Lin<'_>],
+    pick: impl Fn(&'l LinWeight<'_>) -> Option<&'l [W]>,
+) -> Option<Vec<Matrix<'l, W>>> {
+    lins.iter()
+        .map(|l| {
+            pick(&l.w).map(|w| Matrix {
+                w,
+                bias: l.b,
+                out: l.out,
+            })
+        })
+        .collect()
+}
+
 /// Runs matrices that share their input as one parallel pass (each matrix alone if their
 /// formats differ, which `FastDecoder::new` never does).
 fn apply_all<const N: usize>(lins: [&Lin<'_>; N], x: &[f32], rows: usize) -> [Vec<f32>; N] {
-    let f32s: Option<Vec<Matrix<'_, f32>>> = lins
-        .iter()
-        .map(|l| match &l.w {
-            LinWeight::F32(w) => Some(Matrix {
-                w,
-                bias: l.b,
-                out: l.out,
-            }),
-            LinWeight::Bf16(_) => None,
-        })
-        .collect();
-    let bf16s: Option<Vec<Matrix<'_, Bf16>>> = lins
-        .iter()
-        .map(|l| match &l.w {
-            LinWeight::Bf16(w) => Some(Matrix {
-                w,
-                bias: l.b,
-                out: l.out,
-            }),
-            LinWeight::F32(_) => None,
-        })
-        .collect();
+    let inp = lins[0].inp;
+    let f32s = matrices(&lins, |w| match w {
+        LinWeight::F32(w) => Some(*w),
+        LinWeight::Bf16(_) => None,
+    });
+    let bf16s = matrices(&lins, |w| match w {
+        LinWeight::Bf16(w) => Some(w.as_slice()),
+        LinWeight::F32(_) => None,
+    });
     let outs = match (f32s, bf16s) {
-        (Some(m), _) => linear_many(x, rows, lins[0].inp, &m),
-        (_, Some(m)) => linear_many(x, rows, lins[0].inp, &m),
+        (Some(m), _) => linear_many(x, rows, inp, &m),
+        (_, Some(m)) => linear_many(x, rows, inp, &m),
         _ => lins.iter().map(|l| l.apply(x, rows)).collect(),
     };
     outs.try_into()

@@ -25,6 +25,7 @@
 //! aarch64; on an x86-64 CPU without FMA it is a library call, slow but exact.)
 
 use rayon::prelude::*;
+use rlzero_model::simd::SimdPath;
 
 /// Output rows per parallel task: large enough to amortise scheduling, small enough to balance.
 const ROWS_PER_TASK: usize = 64;
@@ -88,27 +89,6 @@ impl Weight for Bf16 {
 /// A register block's results: `acc[j][r]` for weight row `j` and input row `r`.
 pub type Acc = [[f32; BX]; BW];
 
-/// Which code computes the register blocks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Path {
-    /// AVX2 + FMA (x86-64).
-    Avx2,
-    /// Plain Rust, the same arithmetic.
-    Portable,
-}
-
-impl Path {
-    /// The fastest path this CPU runs.
-    pub fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return Path::Avx2;
-        }
-        Path::Portable
-    }
-}
-
 /// One weight matrix `(out, in)` with an optional bias `(out,)`.
 #[derive(Clone, Copy)]
 pub struct Matrix<'a, W> {
@@ -138,21 +118,21 @@ pub fn linear_many<W: Weight>(
     k: usize,
     mats: &[Matrix<'_, W>],
 ) -> Vec<Vec<f32>> {
-    linear_many_on(Path::detect(), x, m, k, mats)
+    linear_many_on(SimdPath::detect(), x, m, k, mats)
 }
 
 /// [`linear_many`] on a chosen path; a path this CPU cannot run falls back to the portable one.
 pub fn linear_many_on<W: Weight>(
-    path: Path,
+    path: SimdPath,
     x: &[f32],
     m: usize,
     k: usize,
     mats: &[Matrix<'_, W>],
 ) -> Vec<Vec<f32>> {
-    let path = if path == Path::detect() {
+    let path = if path.available() {
         path
     } else {
-        Path::Portable
+        SimdPath::Portable
     };
     assert_eq!(x.len(), m * k, "x is not m × k");
     let mut starts = Vec::with_capacity(mats.len() + 1);
@@ -249,15 +229,15 @@ fn prefetch<W>(row: &[W]) {
 }
 
 /// `acc[j][r] = w[j] · x[r]` for `j < w.len() (≤ 3)`, `r < nx (≤ 4)`; `x` holds `nx` rows of `k`.
-fn dot_block<W: Weight>(path: Path, w: &[&[W]], x: &[f32], k: usize, nx: usize, acc: &mut Acc) {
+fn dot_block<W: Weight>(path: SimdPath, w: &[&[W]], x: &[f32], k: usize, nx: usize, acc: &mut Acc) {
     match path {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Path::Avx2` is only chosen when the CPU has AVX2 and FMA (`Path::detect`);
+        // SAFETY: `SimdPath::Avx2` is only chosen when the CPU has AVX2 and FMA (`linear_many_on` checks);
         // the block functions check the slice bounds.
-        Path::Avx2 => unsafe { W::avx2_block(w, x, k, nx, acc) },
+        SimdPath::Avx2 => unsafe { W::avx2_block(w, x, k, nx, acc) },
         #[cfg(not(target_arch = "x86_64"))]
-        Path::Avx2 => unreachable!("Path::detect() never picks AVX2 off x86-64"),
-        Path::Portable => {
+        SimdPath::Avx2 => unreachable!("SimdPath::detect() never picks AVX2 off x86-64"),
+        SimdPath::Portable => {
             for (j, wr) in w.iter().enumerate() {
                 for r in 0..nx {
                     acc[j][r] = dot_portable(wr, &x[r * k..(r + 1) * k]);
@@ -488,10 +468,10 @@ mod tests {
     /// weights equals streaming their exact f32 widening.
     #[test]
     fn every_path_and_weight_format_agree_bit_for_bit() {
-        let paths: Vec<Path> = if Path::detect() == Path::Portable {
-            vec![Path::Portable]
+        let paths: Vec<SimdPath> = if SimdPath::detect() == SimdPath::Portable {
+            vec![SimdPath::Portable]
         } else {
-            vec![Path::detect(), Path::Portable]
+            vec![SimdPath::detect(), SimdPath::Portable]
         };
         for (m, k, o) in [(1, 8, 3), (8, 576, 70), (5, 13, 11), (11, 100, 9)] {
             let x = data(m * k, 7);
@@ -499,7 +479,7 @@ mod tests {
             let b = data(o, 9);
             let wb: Vec<Bf16> = w.iter().map(|&v| Bf16::from_f32(v)).collect();
             let widened: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
-            let run = |path: Path, w16: bool| {
+            let run = |path: SimdPath, w16: bool| {
                 if w16 {
                     let mats = [Matrix {
                         w: &wb[..],
@@ -516,7 +496,7 @@ mod tests {
                     linear_many_on(path, &x, m, k, &mats).remove(0)
                 }
             };
-            let reference = run(Path::Portable, false);
+            let reference = run(SimdPath::Portable, false);
             for &path in &paths {
                 assert_eq!(run(path, false), reference, "{path:?} f32 ({m},{k},{o})");
                 assert_eq!(run(path, true), reference, "{path:?} bf16 ({m},{k},{o})");
@@ -536,7 +516,7 @@ mod tests {
                 )
             };
             for &path in &paths {
-                assert_eq!(f(path), f(Path::Portable), "{path:?} f32 weights");
+                assert_eq!(f(path), f(SimdPath::Portable), "{path:?} f32 weights");
             }
         }
     }

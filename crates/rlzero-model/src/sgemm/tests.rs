@@ -18,8 +18,8 @@ fn naive(a: &MatRef<'_>, b: &MatRef<'_>) -> Vec<f64> {
     c
 }
 
-fn kernels() -> Vec<Kernel> {
-    [Kernel::Avx2, Kernel::Portable]
+fn kernels() -> Vec<SimdPath> {
+    [SimdPath::Avx2, SimdPath::Portable]
         .into_iter()
         .filter(|k| k.available())
         .collect()
@@ -84,7 +84,7 @@ fn every_kernel_and_thread_count_gives_the_same_bits() {
     let (ad, bd) = (data(m * k, 3), data(n * k, 4));
     let a = MatRef::row_major(&ad, m, k).unwrap();
     let b = MatRef::row_major(&bd, n, k).unwrap().t();
-    let run = |kernel: Kernel, threads: usize| {
+    let run = |kernel: SimdPath, threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
@@ -94,7 +94,7 @@ fn every_kernel_and_thread_count_gives_the_same_bits() {
             .unwrap();
         c
     };
-    let reference = run(Kernel::Portable, 1);
+    let reference = run(SimdPath::Portable, 1);
     for kernel in kernels() {
         for threads in [1, 2, 3] {
             assert!(
