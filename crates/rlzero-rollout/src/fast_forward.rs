@@ -16,6 +16,7 @@ use rlzero_model::{Architecture, Decoder, DecoderConfig};
 use crate::attention::attention;
 use crate::backend::StepModel;
 use crate::error::{Result, RolloutError};
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::kernels::{linear, linear_many, Bf16, Matrix, Weight};
@@ -142,11 +143,7 @@ impl<'a> Lin<'a> {
                 let mut v = vec![Bf16::default(); w.len()];
                 v.par_chunks_mut(1 << 16)
                     .zip(w.par_chunks(1 << 16))
-                    .for_each(|(d, s)| {
-                        d.iter_mut()
-                            .zip(s)
-                            .for_each(|(d, &s)| *d = Bf16::from_f32(s))
-                    });
+                    .for_each(|(d, s)| d.convert_from_f32_slice(s));
                 LinWeight::Bf16(v)
             }
         };

@@ -35,22 +35,8 @@ const PREFETCH_ROWS: usize = 10;
 const BW: usize = 3;
 const BX: usize = 4;
 
-/// A bf16 value: the upper 16 bits of an f32 (1 sign, 8 exponent, 7 mantissa bits).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[repr(transparent)]
-pub struct Bf16(pub u16);
-
-impl Bf16 {
-    /// The nearest bf16 (ties to even); NaN stays NaN.
-    pub fn from_f32(v: f32) -> Self {
-        let b = v.to_bits();
-        if v.is_nan() {
-            return Self(((b >> 16) as u16) | 0x40);
-        }
-        let round = 0x7fff + ((b >> 16) & 1);
-        Self((b.wrapping_add(round) >> 16) as u16)
-    }
-}
+/// A bf16 value (`half`'s: the upper 16 bits of an f32, rounded to nearest even from f32).
+pub type Bf16 = half::bf16;
 
 /// A weight element the kernels can stream: f32, or bf16 widened exactly to f32.
 pub trait Weight: Copy + Send + Sync + 'static {
@@ -78,7 +64,7 @@ impl Weight for f32 {
 impl Weight for Bf16 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
-        f32::from_bits((self.0 as u32) << 16)
+        half::bf16::to_f32(self) // exact: the bits shifted into the upper half
     }
     #[cfg(target_arch = "x86_64")]
     unsafe fn avx2_block(w: &[&[Bf16]], x: &[f32], k: usize, nx: usize, acc: &mut Acc) {
