@@ -20,6 +20,8 @@ pub mod rope;
 pub mod softmax;
 pub mod swiglu;
 
+pub(crate) mod lanes;
+
 pub use rms_norm::{rms_norm, rms_norm_composed};
 pub use rope::{rope, rope_composed};
 pub use softmax::{masked_softmax, masked_softmax_composed};
@@ -39,9 +41,11 @@ pub(crate) trait Real: WithDType {
 impl Real for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    #[inline(always)]
     fn exp(self) -> Self {
         exp_f32(self)
     }
+    #[inline(always)]
     fn sqrt(self) -> Self {
         f32::sqrt(self)
     }
@@ -76,7 +80,11 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     // Round to nearest by adding and subtracting 1.5·2²³ (|x·log₂e| ≤ 128): `f32::round` is a
     // libm call on baseline x86-64 and would keep the loops scalar.
     const ROUND: f32 = 12_582_912.0;
-    let n = ((xc * LOG2E + ROUND) - ROUND).min(127.0);
+    // t = n + ROUND with n = round(x·log2 e) ≤ 127 an integer, held exactly: its bits are
+    // ROUND's plus n, which gives 2ⁿ by integer arithmetic (no float → int cast, whose
+    // saturation the compiler cannot vectorise).
+    let t = (xc * LOG2E + ROUND).min(127.0 + ROUND);
+    let n = t - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4_f32;
     let p = p * r + 1.398_199_9e-3;
@@ -85,7 +93,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 0.5;
     let er = (p * r * r) + r + 1.0;
-    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23); // 2ⁿ, n ∈ [−126, 127]
+    let scale = f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23); // 2ⁿ, n ∈ [−126, 127]
     let y = er * scale;
     let y = if x > HI { f32::INFINITY } else { y };
     let y = if x < LO { 0.0 } else { y };

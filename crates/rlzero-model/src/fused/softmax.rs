@@ -3,7 +3,9 @@
 //! For scores `s` `(B, M, Tq, Tk)` (M = heads, or k/v heads × grouped query heads), a scale
 //! `c` and an additive bias `m` `(Bm, Tq, Tk)` (0 where allowed, −∞ where masked; Bm = 1 or
 //! B, shared by all M heads): `y = softmax(c·s + m)` over the last dimension, with the row
-//! maximum subtracted before `exp` (`−∞` entries give exactly 0).
+//! maximum subtracted before `exp` (`−∞` entries give exactly 0). Keys past a row's last
+//! finite bias entry (a causal row's future: half of all entries) are set to 0 without being
+//! computed, forward and backward; the row reductions run in 8 vector lanes ([`super::lanes`]).
 //!
 //! Backward: `∂L/∂s_j = c · y_j (g_j − Σ_k y_k g_k)`; the bias is a constant (no gradient).
 //!
@@ -17,11 +19,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{cpu_float, dispatch, Real, ROWS_PER_TASK};
+use super::{cpu_float, dispatch, lanes, Real, ROWS_PER_TASK};
 use crate::error::{ModelError, Result};
+use crate::simd::SimdPath;
 
 /// `softmax(scale · scores + bias)` over the last dimension; `scores` `(B, M, Tq, Tk)`,
 /// `bias` `(Bm, Tq, Tk)` with `Bm` 1 or B. One fused op for f32/f64 on the CPU,
@@ -39,9 +42,13 @@ pub fn masked_softmax(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tens
         )));
     }
     if cpu_float(scores) && scores.elem_count() > 0 && bias.dtype() == scores.dtype() {
-        return Ok(scores
-            .contiguous()?
-            .apply_op2(&bias.contiguous()?, MaskedSoftmax { scale })?);
+        return Ok(scores.contiguous()?.apply_op2(
+            &bias.contiguous()?,
+            MaskedSoftmax {
+                scale,
+                path: SimdPath::detect(),
+            },
+        )?);
     }
     masked_softmax_composed(scores, bias, scale)
 }
@@ -63,6 +70,8 @@ pub fn masked_softmax_composed(scores: &Tensor, bias: &Tensor, scale: f64) -> Re
 
 struct MaskedSoftmax {
     scale: f64,
+    /// The CPU path of the kernels (a field so that tests can force each).
+    path: SimdPath,
 }
 
 /// `(m, tq, tk, bias batches)` of the op's operands.
@@ -72,35 +81,91 @@ fn geometry(scores: &Layout, bias: &Layout) -> candle_core::Result<(usize, usize
     Ok((m, tq, tk, bm))
 }
 
-fn forward<T: Real>(s: &[T], bias: &[T], geo: (usize, usize, usize, usize), scale: f64) -> Vec<T> {
-    let (m, tq, tk, bm) = geo;
+/// Per bias row, how many leading keys can take part: one past the last key whose bias is not
+/// `−∞`. Past it every weight is exactly 0 (a causal row's future), so the kernels skip those
+/// keys. A row masked everywhere keeps all `tk` keys, so it gives what the unskipped formula
+/// gives (NaN), not a silent zero.
+fn live_keys<T: Real>(bias: &[T], tk: usize) -> Vec<usize> {
+    let neg_inf = T::from_f64(f64::NEG_INFINITY);
+    bias.chunks(tk)
+        .map(|row| match row.iter().rposition(|&v| v != neg_inf) {
+            Some(last) => last + 1,
+            None => tk,
+        })
+        .collect()
+}
+
+fn forward<T: Real>(
+    s: &[T],
+    bias: &[T],
+    geo: (usize, usize, usize, usize),
+    scale: f64,
+    path: SimdPath,
+) -> Vec<T> {
+    let tk = geo.2;
     let c = T::from_f64(scale);
+    let live = live_keys(bias, tk);
     let mut y = vec![T::ZERO; s.len()];
     y.par_chunks_mut(tk * ROWS_PER_TASK)
         .enumerate()
         .for_each(|(task, yc)| {
-            for (k, yr) in yc.chunks_mut(tk).enumerate() {
-                let row = task * ROWS_PER_TASK + k;
-                let (bi, q) = (row / (m * tq), row % tq);
-                let brow = &bias[((bi % bm) * tq + q) * tk..][..tk];
-                let sr = &s[row * tk..][..tk];
-                let mut max = T::from_f64(f64::NEG_INFINITY);
-                for ((o, &v), &mb) in yr.iter_mut().zip(sr).zip(brow) {
-                    *o = v * c + mb;
-                    if *o > max {
-                        max = *o;
-                    }
-                }
-                for o in yr.iter_mut() {
-                    *o = (*o - max).exp(); // a loop of its own, so that it vectorises
-                }
-                let sum = yr.iter().fold(T::ZERO, |acc, &v| acc + v);
-                for o in yr.iter_mut() {
-                    *o /= sum;
-                }
-            }
+            let (s, bias, live) = (s, bias, &live[..]);
+            let rows = ForwardRows {
+                yc,
+                task,
+                s,
+                bias,
+                live,
+                geo,
+                c,
+            };
+            lanes::on_path(path, rows)
         });
     y
+}
+
+/// One rayon task's rows of the forward.
+struct ForwardRows<'a, T> {
+    yc: &'a mut [T],
+    task: usize,
+    s: &'a [T],
+    bias: &'a [T],
+    live: &'a [usize],
+    geo: (usize, usize, usize, usize),
+    c: T,
+}
+
+impl<T: Real> lanes::Kernel for ForwardRows<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let (m, tq, tk, bm) = self.geo;
+        for (k, yr) in self.yc.chunks_mut(tk).enumerate() {
+            let row = self.task * ROWS_PER_TASK + k;
+            let b = ((row / (m * tq)) % bm) * tq + row % tq; // bias row
+            let n = self.live[b];
+            let (yr, dead) = yr.split_at_mut(n);
+            dead.fill(T::ZERO);
+            let (s, bias) = (&self.s[row * tk..][..n], &self.bias[b * tk..][..n]);
+            forward_row(yr, s, bias, self.c);
+        }
+    }
+}
+
+/// `y = softmax(c·s + m)` over one row's live keys.
+#[inline(always)]
+fn forward_row<T: Real>(y: &mut [T], s: &[T], m: &[T], c: T) {
+    for ((o, &v), &mb) in y.iter_mut().zip(s).zip(m) {
+        *o = v * c + mb;
+    }
+    let max = lanes::max(y);
+    for o in y.iter_mut() {
+        *o = (*o - max).exp();
+    }
+    let sum = lanes::sum(y);
+    for o in y.iter_mut() {
+        *o /= sum;
+    }
 }
 
 impl CustomOp2 for MaskedSoftmax {
@@ -119,7 +184,7 @@ impl CustomOp2 for MaskedSoftmax {
         let out = dispatch!(
             "masked-softmax",
             [(s, s1, l1), (m, s2, l2)],
-            forward(s, m, geo, self.scale)
+            forward(s, m, geo, self.scale, self.path)
         );
         Ok((out, l1.shape().clone()))
     }
@@ -127,43 +192,86 @@ impl CustomOp2 for MaskedSoftmax {
     fn bwd(
         &self,
         _scores: &Tensor,
-        _bias: &Tensor,
+        bias: &Tensor,
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let ds = res
-            .contiguous()?
-            .apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad { scale: self.scale })?;
+        let ds = res.contiguous()?.apply_op3_no_bwd(
+            &grad.contiguous()?,
+            &bias.contiguous()?,
+            &SoftmaxGrad {
+                scale: self.scale,
+                path: self.path,
+            },
+        )?;
         Ok((Some(ds), None))
     }
 }
 
-/// `(y, g) → c · y ⊙ (g − Σ y g)` row by row.
+/// `(y, g, bias) → c · y ⊙ (g − Σ y g)` row by row (0 past each row's live keys, where `y` is 0).
 struct SoftmaxGrad {
     scale: f64,
+    path: SimdPath,
 }
 
-fn backward<T: Real>(y: &[T], g: &[T], tk: usize, scale: f64) -> Vec<T> {
+fn backward<T: Real>(
+    y: &[T],
+    g: &[T],
+    bias: &[T],
+    geo: (usize, usize, usize, usize),
+    scale: f64,
+    path: SimdPath,
+) -> Vec<T> {
+    let tk = geo.2;
     let c = T::from_f64(scale);
+    let live = live_keys(bias, tk);
     let mut out = vec![T::ZERO; y.len()];
     out.par_chunks_mut(tk * ROWS_PER_TASK)
-        .zip(y.par_chunks(tk * ROWS_PER_TASK))
-        .zip(g.par_chunks(tk * ROWS_PER_TASK))
-        .for_each(|((oc, yc), gc)| {
-            for ((or, yr), gr) in oc.chunks_mut(tk).zip(yc.chunks(tk)).zip(gc.chunks(tk)) {
-                let dot = yr
-                    .iter()
-                    .zip(gr)
-                    .fold(T::ZERO, |acc, (&yv, &gv)| acc + yv * gv);
-                for ((o, &yv), &gv) in or.iter_mut().zip(yr).zip(gr) {
-                    *o = c * yv * (gv - dot);
-                }
-            }
+        .enumerate()
+        .for_each(|(task, oc)| {
+            let rows = BackwardRows {
+                oc,
+                task,
+                y,
+                g,
+                live: &live[..],
+                geo,
+                c,
+            };
+            lanes::on_path(path, rows)
         });
     out
 }
 
-impl CustomOp2 for SoftmaxGrad {
+/// One rayon task's rows of the backward.
+struct BackwardRows<'a, T> {
+    oc: &'a mut [T],
+    task: usize,
+    y: &'a [T],
+    g: &'a [T],
+    live: &'a [usize],
+    geo: (usize, usize, usize, usize),
+    c: T,
+}
+
+impl<T: Real> lanes::Kernel for BackwardRows<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let (m, tq, tk, bm) = self.geo;
+        for (k, or) in self.oc.chunks_mut(tk).enumerate() {
+            let row = self.task * ROWS_PER_TASK + k;
+            let n = self.live[((row / (m * tq)) % bm) * tq + row % tq];
+            let (yr, gr) = (&self.y[row * tk..][..n], &self.g[row * tk..][..n]);
+            let dot = lanes::dot(yr, gr);
+            for ((o, &yv), &gv) in or[..n].iter_mut().zip(yr).zip(gr) {
+                *o = self.c * yv * (gv - dot);
+            }
+        }
+    }
+}
+
+impl CustomOp3 for SoftmaxGrad {
     fn name(&self) -> &'static str {
         "masked-softmax-grad"
     }
@@ -174,12 +282,14 @@ impl CustomOp2 for SoftmaxGrad {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let tk = l1.shape().dims().last().copied().unwrap_or(1).max(1);
+        let geo = geometry(l1, l3)?;
         let out = dispatch!(
             "masked-softmax-grad",
-            [(y, s1, l1), (g, s2, l2)],
-            backward(y, g, tk, self.scale)
+            [(y, s1, l1), (g, s2, l2), (m, s3, l3)],
+            backward(y, g, m, geo, self.scale, self.path)
         );
         Ok((out, l1.shape().clone()))
     }
@@ -217,6 +327,55 @@ mod tests {
             let y32 = masked_softmax(&s32[0], &bias32, 0.125).unwrap();
             assert!(max_diff(&y32, &composed(&ins)) < 1e-6);
         }
+    }
+
+    #[test]
+    fn every_cpu_path_gives_the_same_bits() {
+        let info = MaskInfo::from_rows(&[vec![0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1]]).unwrap();
+        let bias = info
+            .bias(DType::F32, &candle_core::Device::Cpu)
+            .unwrap()
+            .squeeze(1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap(); // (1, 11, 11)
+        let s = randn(&[2, 3, 11, 11], 3).to_dtype(DType::F32).unwrap();
+        let g = randn(&[2, 3, 11, 11], 4).to_dtype(DType::F32).unwrap();
+        let run = |path: SimdPath| {
+            let y = s
+                .apply_op2_no_bwd(&bias, &MaskedSoftmax { scale: 0.3, path })
+                .unwrap();
+            let dy = y
+                .apply_op3_no_bwd(&g, &bias, &SoftmaxGrad { scale: 0.3, path })
+                .unwrap();
+            let bits = |t: &Tensor| -> Vec<u32> {
+                let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                v.iter().map(|x| x.to_bits()).collect()
+            };
+            (bits(&y), bits(&dy))
+        };
+        let portable = run(SimdPath::Portable);
+        assert_eq!(run(SimdPath::detect()), portable);
+        // The skipped future keys are exact zeros, forward and backward.
+        let y = &portable.0;
+        assert_eq!(y[3 * 11 + 4..3 * 11 + 11], [0u32; 7]);
+        assert_eq!(portable.1[3 * 11 + 4..3 * 11 + 11], [0u32; 7]);
+    }
+
+    #[test]
+    fn a_row_masked_everywhere_is_not_silently_zero() {
+        let bias = Tensor::new(
+            &[[[f32::NEG_INFINITY, f32::NEG_INFINITY]]],
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let s = Tensor::new(&[[[[1.0f32, 2.0]]]], &candle_core::Device::Cpu).unwrap();
+        let y = masked_softmax(&s, &bias, 1.0)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        let y = y.to_vec1::<f32>().unwrap();
+        assert!(y.iter().all(|v| v.is_nan()), "{y:?}");
     }
 
     #[test]
