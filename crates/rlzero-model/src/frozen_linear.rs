@@ -44,6 +44,7 @@ use candle_core::{
     Tensor,
 };
 
+use crate::cpu_matmul::{matmul_2d, matmul_new, Operand};
 use crate::error::{ModelError, Result};
 use crate::sgemm::{sgemm, MatRef};
 
@@ -97,7 +98,11 @@ impl CustomOp1 for FrozenMatmul {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        fwd!(self, x, layout, Cpu)
+        let (w_storage, w_layout) = self.w.storage_and_layout();
+        match &*w_storage {
+            Storage::Cpu(w) => cpu_linear(x, layout, w, w_layout),
+            _ => fwd!(self, x, layout, Cpu),
+        }
     }
 
     fn cuda_fwd(
@@ -121,8 +126,39 @@ impl CustomOp1 for FrozenMatmul {
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let (out_dim, _) = self.w.dims2()?;
         let g = grad.reshape(((), out_dim))?; // (N, out)
-        Ok(Some(g.matmul(&self.w)?.reshape(x.shape())?))
+        Ok(Some(matmul_2d(&g, &self.w)?.reshape(x.shape())?))
     }
+}
+
+/// `x Wᵀ` on the CPU: f32/f64 through [`matmul_new`] (the same gemm call as candle's, without
+/// its serial zero fill of the output), other dtypes through candle's matmul.
+fn cpu_linear(
+    x: &CpuStorage,
+    xl: &Layout,
+    w: &CpuStorage,
+    wl: &Layout,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let ((_, m, n, k), x2, wt, shape) = plan(xl, wl)?;
+    let y = match (x, w) {
+        (CpuStorage::F32(xv), CpuStorage::F32(wv)) => operands(xv, &x2, wv, &wt)
+            .and_then(|(a, b)| matmul_new(m, n, k, a, b).map(CpuStorage::F32)),
+        (CpuStorage::F64(xv), CpuStorage::F64(wv)) => operands(xv, &x2, wv, &wt)
+            .and_then(|(a, b)| matmul_new(m, n, k, a, b).map(CpuStorage::F64)),
+        _ => None,
+    };
+    match y {
+        Some(y) => Ok((y, shape)),
+        None => Ok((x.matmul(w, (1, m, n, k), &x2, &wt)?, shape)),
+    }
+}
+
+fn operands<'a, T>(
+    x: &'a [T],
+    xl: &Layout,
+    w: &'a [T],
+    wl: &Layout,
+) -> Option<(Operand<'a, T>, Operand<'a, T>)> {
+    Some((Operand::from_layout(x, xl)?, Operand::from_layout(w, wl)?))
 }
 
 /// `x Wᵀ` with a trainable `W`: both are arguments, so autograd sees both.
@@ -148,7 +184,7 @@ impl CustomOp2 for LinearMatmul {
         w: &CpuStorage,
         wl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        fwd2!(x, xl, w, wl)
+        cpu_linear(x, xl, w, wl)
     }
 
     fn cuda_fwd(
@@ -184,7 +220,7 @@ impl CustomOp2 for LinearMatmul {
         let g = grad.reshape(((), out_dim))?; // (N, out)
         let w = w.detach();
         let x2 = x.detach().reshape(((), in_dim))?; // (N, in)
-        let dx = g.matmul(&w)?.reshape(x.shape())?; // (…, in)
+        let dx = matmul_2d(&g, &w)?.reshape(x.shape())?; // (…, in)
         let dw = match weight_grad_sgemm(&g, &x2)? {
             Some(dw) => dw,
             None => g.t()?.matmul(&x2)?, // (out, in)

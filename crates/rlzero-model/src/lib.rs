@@ -15,6 +15,7 @@ pub mod atomic;
 pub mod attention;
 pub mod chat_template;
 pub mod config;
+mod cpu_matmul;
 pub mod decoder;
 pub mod device;
 pub mod error;

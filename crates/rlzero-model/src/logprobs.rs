@@ -31,7 +31,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Sh
 use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
-use crate::fused::{contiguous, cpu_float, dispatch, Real};
+use crate::fused::{contiguous, cpu_float, dispatch, lanes, Real};
+use crate::simd::SimdPath;
 
 /// Rows handed to one rayon task: enough work per task to amortise scheduling.
 const ROWS_PER_TASK: usize = 8;
@@ -39,10 +40,10 @@ const ROWS_PER_TASK: usize = 8;
 /// `(max_j z_j/τ, log Σ_j exp(z_j/τ − max))` of one row. Exponents are taken in the logits'
 /// precision (vectorised, [`Real::exp`]) of arguments formed in f64, and summed in f64, so
 /// the result does not depend on the vocabulary size's rounding.
+#[inline(always)]
 fn row_max_lse<T: Real>(row: &[T], inv_t: f64) -> (f64, f64) {
-    let max = row
-        .iter()
-        .fold(f64::NEG_INFINITY, |m, &z| m.max(z.to_f64() * inv_t));
+    // max(z/τ) = max(z)/τ: τ > 0, and rounding z·(1/τ) in f64 keeps the order.
+    let max = lanes::max(row).to_f64() * inv_t;
     let mut sum = 0.0f64;
     let mut buf = [T::ZERO; 64];
     for chunk in row.chunks(buf.len()) {
@@ -69,19 +70,47 @@ struct SelectiveLogSoftmax {
     temperature: f64,
 }
 
-fn selective_fwd<T: Real>(z: &[T], v: usize, y: &[usize], inv_t: f64) -> Vec<T> {
+fn selective_fwd<T: Real>(z: &[T], v: usize, y: &[usize], inv_t: f64, path: SimdPath) -> Vec<T> {
     let mut out = vec![T::from_f64(0.0); y.len()];
     out.par_chunks_mut(ROWS_PER_TASK)
         .enumerate()
-        .for_each(|(c, chunk)| {
-            for (k, o) in chunk.iter_mut().enumerate() {
-                let i = c * ROWS_PER_TASK + k;
-                let row = &z[i * v..(i + 1) * v];
-                let (max, lse) = row_max_lse(row, inv_t);
-                *o = T::from_f64(row[y[i]].to_f64() * inv_t - max - lse);
-            }
+        .for_each(|(c, out)| {
+            let first = c * ROWS_PER_TASK;
+            let rows = ForwardRows {
+                out,
+                first,
+                z,
+                v,
+                y,
+                inv_t,
+            };
+            lanes::on_path(path, rows)
         });
     out
+}
+
+/// One rayon task's rows of the forward: `out[k]` for row `first + k`.
+struct ForwardRows<'a, T> {
+    out: &'a mut [T],
+    first: usize,
+    z: &'a [T],
+    v: usize,
+    y: &'a [usize],
+    inv_t: f64,
+}
+
+impl<T: Real> lanes::Kernel for ForwardRows<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let (v, inv_t) = (self.v, self.inv_t);
+        for (k, o) in self.out.iter_mut().enumerate() {
+            let i = self.first + k;
+            let row = &self.z[i * v..(i + 1) * v];
+            let (max, lse) = row_max_lse(row, inv_t);
+            *o = T::from_f64(row[self.y[i]].to_f64() * inv_t - max - lse);
+        }
+    }
 }
 
 impl CustomOp2 for SelectiveLogSoftmax {
@@ -108,7 +137,7 @@ impl CustomOp2 for SelectiveLogSoftmax {
         let out = dispatch!(
             "selective-log-softmax",
             [(z, s1, l1)],
-            selective_fwd(z, v, &y, inv_t)
+            selective_fwd(z, v, &y, inv_t, SimdPath::detect())
         );
         Ok((out, Shape::from(n)))
     }
@@ -142,36 +171,75 @@ struct SelectiveLogSoftmaxGrad {
     temperature: f64,
 }
 
-fn selective_bwd<T: Real>(z: &[T], v: usize, gl: &[T], y: &[usize], inv_t: f64) -> Vec<T> {
+fn selective_bwd<T: Real>(
+    z: &[T],
+    v: usize,
+    gl: &[T],
+    y: &[usize],
+    inv_t: f64,
+    path: SimdPath,
+) -> Vec<T> {
     let (g, logp) = gl.split_at(gl.len() / 2);
     let mut out = vec![T::ZERO; z.len()];
     out.par_chunks_mut(v * ROWS_PER_TASK)
         .enumerate()
-        .for_each(|(c, chunk)| {
-            for (k, orow) in chunk.chunks_mut(v).enumerate() {
-                let i = c * ROWS_PER_TASK + k;
-                let gi = g[i].to_f64();
-                if gi == 0.0 {
-                    continue; // a masked token: its gradient row is exactly zero
-                }
-                let row = &z[i * v..(i + 1) * v];
-                // max + log Σ exp(z/τ − max), recovered from the forward's result (recomputed
-                // when that is not finite: a −∞ target logit).
-                let lp = logp[i].to_f64();
-                let shift = if lp.is_finite() {
-                    row[y[i]].to_f64() * inv_t - lp
-                } else {
-                    let (max, lse) = row_max_lse(row, inv_t);
-                    max + lse
-                };
-                let scale = T::from_f64(-gi * inv_t);
-                for (o, &zj) in orow.iter_mut().zip(row) {
-                    *o = scale * T::from_f64(zj.to_f64() * inv_t - shift).exp();
-                }
-                orow[y[i]] = T::from_f64(orow[y[i]].to_f64() + gi * inv_t);
-            }
+        .for_each(|(c, out)| {
+            let first = c * ROWS_PER_TASK;
+            let rows = BackwardRows {
+                out,
+                first,
+                z,
+                v,
+                g,
+                logp,
+                y,
+                inv_t,
+            };
+            lanes::on_path(path, rows)
         });
     out
+}
+
+/// One rayon task's rows of the backward, from row `first` on.
+struct BackwardRows<'a, T> {
+    out: &'a mut [T],
+    first: usize,
+    z: &'a [T],
+    v: usize,
+    g: &'a [T],
+    logp: &'a [T],
+    y: &'a [usize],
+    inv_t: f64,
+}
+
+impl<T: Real> lanes::Kernel for BackwardRows<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let (v, inv_t, y) = (self.v, self.inv_t, self.y);
+        for (k, orow) in self.out.chunks_mut(v).enumerate() {
+            let i = self.first + k;
+            let gi = self.g[i].to_f64();
+            if gi == 0.0 {
+                continue; // a masked token: its gradient row is exactly zero
+            }
+            let row = &self.z[i * v..(i + 1) * v];
+            // max + log Σ exp(z/τ − max), recovered from the forward's result (recomputed
+            // when that is not finite: a −∞ target logit).
+            let lp = self.logp[i].to_f64();
+            let shift = if lp.is_finite() {
+                row[y[i]].to_f64() * inv_t - lp
+            } else {
+                let (max, lse) = row_max_lse(row, inv_t);
+                max + lse
+            };
+            let scale = T::from_f64(-gi * inv_t);
+            for (o, &zj) in orow.iter_mut().zip(row) {
+                *o = scale * T::from_f64(zj.to_f64() * inv_t - shift).exp();
+            }
+            orow[y[i]] = T::from_f64(orow[y[i]].to_f64() + gi * inv_t);
+        }
+    }
 }
 
 impl CustomOp3 for SelectiveLogSoftmaxGrad {
@@ -194,7 +262,7 @@ impl CustomOp3 for SelectiveLogSoftmaxGrad {
         let out = dispatch!(
             "selective-log-softmax-grad",
             [(z, s1, l1), (g, s2, l2)],
-            selective_bwd(z, v, g, &y, inv_t)
+            selective_bwd(z, v, g, &y, inv_t, SimdPath::detect())
         );
         Ok((out, Shape::from((n, v))))
     }
@@ -317,5 +385,27 @@ impl CustomOp1 for Entropy {
         let inv_t = 1.0 / self.temperature;
         let out = dispatch!("entropy", [(z, s, l)], entropy_rows(z, v, inv_t));
         Ok((out, Shape::from(n)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cpu_path_gives_the_same_bits() {
+        let (n, v) = (5, 301);
+        let z: Vec<f32> = (0..n * v)
+            .map(|i| ((i * 7919) % 1000) as f32 / 97.0 - 5.0)
+            .collect();
+        let y = [0usize, 17, 300, 150, 9];
+        let gl = [0.5f32, -1.0, 0.0, 2.0, 0.25, -3.0, -4.0, -5.0, -6.0, -7.0];
+        let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let run = |path| {
+            let fwd = bits(selective_fwd(&z, v, &y, 1.0 / 0.7, path));
+            let bwd = bits(selective_bwd(&z, v, &gl, &y, 1.0 / 0.7, path));
+            (fwd, bwd)
+        };
+        assert_eq!(run(SimdPath::detect()), run(SimdPath::Portable));
     }
 }

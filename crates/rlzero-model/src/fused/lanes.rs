@@ -53,6 +53,23 @@ pub(crate) fn dot<T: Real>(x: &[T], y: &[T]) -> T {
     tree(acc)
 }
 
+/// `Σ x·y·z` over the shortest of the three.
+#[inline(always)]
+pub(crate) fn dot3<T: Real>(x: &[T], y: &[T], z: &[T]) -> T {
+    let n = x.len().min(y.len()).min(z.len());
+    let mut acc = [T::ZERO; LANES];
+    let full = n - n % LANES;
+    for i in (0..full).step_by(LANES) {
+        for l in 0..LANES {
+            acc[l] += x[i + l] * y[i + l] * z[i + l];
+        }
+    }
+    for i in full..n {
+        acc[i - full] += x[i] * y[i] * z[i];
+    }
+    tree(acc)
+}
+
 /// `max x`, ignoring NaN (as `if v > m { m = v }` does); `−∞` for an empty row.
 #[inline(always)]
 pub(crate) fn max<T: Real>(x: &[T]) -> T {

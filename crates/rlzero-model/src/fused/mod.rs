@@ -184,6 +184,12 @@ pub(crate) mod test_util {
         Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
     }
 
+    /// The bits of an f32 tensor's values, for same-bits comparisons across CPU paths.
+    pub fn f32_bits(t: &Tensor) -> Vec<u32> {
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
     pub fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
             .unwrap()

@@ -20,17 +20,22 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{cpu_float, dispatch, Real, ROWS_PER_TASK};
+use super::{cpu_float, dispatch, lanes, Real, ROWS_PER_TASK};
 use crate::error::Result;
+use crate::simd::SimdPath;
 
 /// `y = x / √(mean(x²) + ε) ⊙ w` over the last dimension of `x` `(…, D)`, `w` `(D,)`.
 /// One fused op for f32/f64 on the CPU, [`rms_norm_composed`] otherwise.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let d = x.dim(D::Minus1)?;
     if cpu_float(x) && x.elem_count() > 0 && w.dtype() == x.dtype() && w.dims() == [d] {
-        return Ok(x
-            .contiguous()?
-            .apply_op2(&w.contiguous()?, RmsNorm { eps })?);
+        return Ok(x.contiguous()?.apply_op2(
+            &w.contiguous()?,
+            RmsNorm {
+                eps,
+                path: SimdPath::detect(),
+            },
+        )?);
     }
     rms_norm_composed(x, w, eps)
 }
@@ -50,29 +55,47 @@ pub fn rms_norm_composed(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 
 struct RmsNorm {
     eps: f64,
+    /// The CPU path of the kernels (a field so that tests can force each).
+    path: SimdPath,
 }
 
 /// `1/√(Σ x²/D + ε)` of one row.
+#[inline(always)]
 fn inv_rms<T: Real>(row: &[T], eps: f64) -> T {
-    let ss = row.iter().fold(T::ZERO, |acc, &v| acc + v * v);
+    let ss = lanes::dot(row, row);
     let ms = ss / T::from_f64(row.len() as f64) + T::from_f64(eps);
     T::ONE / ms.sqrt()
 }
 
-fn forward<T: Real>(x: &[T], w: &[T], eps: f64) -> Vec<T> {
+fn forward<T: Real>(x: &[T], w: &[T], eps: f64, path: SimdPath) -> Vec<T> {
     let d = w.len();
     let mut y = vec![T::ZERO; x.len()];
     y.par_chunks_mut(d * ROWS_PER_TASK)
         .zip(x.par_chunks(d * ROWS_PER_TASK))
-        .for_each(|(yc, xc)| {
-            for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
-                let r = inv_rms(xr, eps);
-                for ((o, &v), &g) in yr.iter_mut().zip(xr).zip(w) {
-                    *o = v * r * g;
-                }
-            }
-        });
+        .for_each(|(y, x)| lanes::on_path(path, Forward { y, x, w, eps }));
     y
+}
+
+/// One rayon task's rows of the forward.
+struct Forward<'a, T> {
+    y: &'a mut [T],
+    x: &'a [T],
+    w: &'a [T],
+    eps: f64,
+}
+
+impl<T: Real> lanes::Kernel for Forward<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let d = self.w.len();
+        for (yr, xr) in self.y.chunks_mut(d).zip(self.x.chunks(d)) {
+            let r = inv_rms(xr, self.eps);
+            for ((o, &v), &g) in yr.iter_mut().zip(xr).zip(self.w) {
+                *o = v * r * g;
+            }
+        }
+    }
 }
 
 impl CustomOp2 for RmsNorm {
@@ -90,7 +113,7 @@ impl CustomOp2 for RmsNorm {
         let out = dispatch!(
             "rms-norm",
             [(x, s1, l1), (w, s2, l2)],
-            forward(x, w, self.eps)
+            forward(x, w, self.eps, self.path)
         );
         Ok((out, l1.shape().clone()))
     }
@@ -108,7 +131,10 @@ impl CustomOp2 for RmsNorm {
         let packed = x.contiguous()?.apply_op3_no_bwd(
             &w.contiguous()?,
             &grad.contiguous()?,
-            &RmsNormGrad { eps: self.eps },
+            &RmsNormGrad {
+                eps: self.eps,
+                path: self.path,
+            },
         )?;
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
         let dw = packed.get(n)?;
@@ -118,9 +144,10 @@ impl CustomOp2 for RmsNorm {
 
 struct RmsNormGrad {
     eps: f64,
+    path: SimdPath,
 }
 
-fn backward<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> Vec<T> {
+fn backward<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64, path: SimdPath) -> Vec<T> {
     let d = w.len();
     let mut out = vec![T::ZERO; x.len() + d];
     let (dx, dw) = out.split_at_mut(x.len());
@@ -129,23 +156,7 @@ fn backward<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> Vec<T> {
         .par_chunks_mut(d * ROWS_PER_TASK)
         .zip(x.par_chunks(d * ROWS_PER_TASK))
         .zip(g.par_chunks(d * ROWS_PER_TASK))
-        .map(|((dxc, xc), gc)| {
-            let mut part = vec![T::ZERO; d];
-            for ((dxr, xr), gr) in dxc.chunks_mut(d).zip(xc.chunks(d)).zip(gc.chunks(d)) {
-                let r = inv_rms(xr, eps);
-                let a = xr
-                    .iter()
-                    .zip(gr)
-                    .zip(w)
-                    .fold(T::ZERO, |acc, ((&xv, &gv), &wv)| acc + gv * wv * xv);
-                let c = r * r * r * a / T::from_f64(d as f64);
-                for j in 0..d {
-                    dxr[j] = r * gr[j] * w[j] - xr[j] * c;
-                    part[j] += gr[j] * xr[j] * r;
-                }
-            }
-            part
-        })
+        .map(|((dx, x), g)| lanes::on_path(path, Backward { dx, x, g, w, eps }))
         .collect();
     for part in partials {
         for (o, p) in dw.iter_mut().zip(part) {
@@ -153,6 +164,39 @@ fn backward<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> Vec<T> {
         }
     }
     out
+}
+
+/// One rayon task's rows of the backward: writes their `∂L/∂x`, returns their share of `∂L/∂w`.
+struct Backward<'a, T> {
+    dx: &'a mut [T],
+    x: &'a [T],
+    g: &'a [T],
+    w: &'a [T],
+    eps: f64,
+}
+
+impl<T: Real> lanes::Kernel for Backward<'_, T> {
+    type Output = Vec<T>;
+    #[inline(always)]
+    fn run(self) -> Vec<T> {
+        let (w, d) = (self.w, self.w.len());
+        let mut part = vec![T::ZERO; d];
+        for ((dxr, xr), gr) in self
+            .dx
+            .chunks_mut(d)
+            .zip(self.x.chunks(d))
+            .zip(self.g.chunks(d))
+        {
+            let (xr, gr) = (&xr[..d], &gr[..d]);
+            let r = inv_rms(xr, self.eps);
+            let c = r * r * r * lanes::dot3(gr, w, xr) / T::from_f64(d as f64);
+            for j in 0..d {
+                dxr[j] = r * gr[j] * w[j] - xr[j] * c;
+                part[j] += gr[j] * xr[j] * r;
+            }
+        }
+        part
+    }
 }
 
 impl CustomOp3 for RmsNormGrad {
@@ -174,7 +218,7 @@ impl CustomOp3 for RmsNormGrad {
         let out = dispatch!(
             "rms-norm-grad",
             [(x, s1, l1), (w, s2, l2), (g, s3, l3)],
-            backward(x, w, g, self.eps)
+            backward(x, w, g, self.eps, self.path)
         );
         Ok((out, Shape::from((n + 1, d))))
     }
@@ -183,7 +227,22 @@ impl CustomOp3 for RmsNormGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::test_util::{check_fd, grads, max_diff, randn};
+    use crate::fused::test_util::{check_fd, f32_bits, grads, max_diff, randn};
+
+    #[test]
+    fn every_cpu_path_gives_the_same_bits() {
+        let f = |dims: &[usize], seed| randn(dims, seed).to_dtype(DType::F32).unwrap();
+        let (x, w, g) = (f(&[37, 21], 1), f(&[21], 2), f(&[37, 21], 3));
+        let run = |path: SimdPath| {
+            let y = x
+                .apply_op2_no_bwd(&w, &RmsNorm { eps: 1e-5, path })
+                .unwrap();
+            let op = RmsNormGrad { eps: 1e-5, path };
+            let d = x.apply_op3_no_bwd(&w, &g, &op).unwrap();
+            (f32_bits(&y), f32_bits(&d))
+        };
+        assert_eq!(run(SimdPath::detect()), run(SimdPath::Portable));
+    }
 
     #[test]
     fn matches_the_composed_ops_values_and_gradients() {

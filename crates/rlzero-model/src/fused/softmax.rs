@@ -298,7 +298,7 @@ impl CustomOp3 for SoftmaxGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::test_util::{check_fd, grads, max_diff, randn};
+    use crate::fused::test_util::{check_fd, f32_bits, grads, max_diff, randn};
     use crate::mask::MaskInfo;
 
     #[test]
@@ -348,11 +348,7 @@ mod tests {
             let dy = y
                 .apply_op3_no_bwd(&g, &bias, &SoftmaxGrad { scale: 0.3, path })
                 .unwrap();
-            let bits = |t: &Tensor| -> Vec<u32> {
-                let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                v.iter().map(|x| x.to_bits()).collect()
-            };
-            (bits(&y), bits(&dy))
+            (f32_bits(&y), f32_bits(&dy))
         };
         let portable = run(SimdPath::Portable);
         assert_eq!(run(SimdPath::detect()), portable);

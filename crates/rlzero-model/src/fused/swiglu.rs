@@ -16,8 +16,9 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_float, dispatch, Real};
+use super::{cpu_float, dispatch, lanes, Real};
 use crate::error::{ModelError, Result};
+use crate::simd::SimdPath;
 
 /// Elements handed to one rayon task.
 const PER_TASK: usize = 16 * 1024;
@@ -33,7 +34,12 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         )));
     }
     if cpu_float(gate) && gate.elem_count() > 0 && up.dtype() == gate.dtype() {
-        return Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMul)?);
+        return Ok(gate.contiguous()?.apply_op2(
+            &up.contiguous()?,
+            SiluMul {
+                path: SimdPath::detect(),
+            },
+        )?);
     }
     silu_mul_composed(gate, up)
 }
@@ -43,22 +49,39 @@ pub fn silu_mul_composed(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     Ok((gate.silu()? * up)?)
 }
 
-struct SiluMul;
+/// `path`: the CPU path of the kernels (a field so that tests can force each).
+struct SiluMul {
+    path: SimdPath,
+}
 
+#[inline(always)]
 fn sigmoid<T: Real>(a: T) -> T {
     T::ONE / (T::ONE + (T::ZERO - a).exp())
 }
 
-fn forward<T: Real>(a: &[T], b: &[T]) -> Vec<T> {
+fn forward<T: Real>(a: &[T], b: &[T], path: SimdPath) -> Vec<T> {
     let mut y = vec![T::ZERO; a.len()];
     y.par_chunks_mut(PER_TASK)
         .zip(a.par_chunks(PER_TASK).zip(b.par_chunks(PER_TASK)))
-        .for_each(|(yc, (ac, bc))| {
-            for ((o, &av), &bv) in yc.iter_mut().zip(ac).zip(bc) {
-                *o = av / (T::ONE + (T::ZERO - av).exp()) * bv; // torch's silu: x / (1 + e^−x)
-            }
-        });
+        .for_each(|(y, (a, b))| lanes::on_path(path, Forward { y, a, b }));
     y
+}
+
+/// One rayon task's share of the forward.
+struct Forward<'a, T> {
+    y: &'a mut [T],
+    a: &'a [T],
+    b: &'a [T],
+}
+
+impl<T: Real> lanes::Kernel for Forward<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        for ((o, &av), &bv) in self.y.iter_mut().zip(self.a).zip(self.b) {
+            *o = av / (T::ONE + (T::ZERO - av).exp()) * bv; // torch's silu: x / (1 + e^−x)
+        }
+    }
 }
 
 impl CustomOp2 for SiluMul {
@@ -73,7 +96,11 @@ impl CustomOp2 for SiluMul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = dispatch!("silu-mul", [(a, s1, l1), (b, s2, l2)], forward(a, b));
+        let out = dispatch!(
+            "silu-mul",
+            [(a, s1, l1), (b, s2, l2)],
+            forward(a, b, self.path)
+        );
         Ok((out, l1.shape().clone()))
     }
 
@@ -88,7 +115,7 @@ impl CustomOp2 for SiluMul {
         let packed = gate.contiguous()?.apply_op3_no_bwd(
             &up.contiguous()?,
             &grad.contiguous()?,
-            &SiluMulGrad,
+            &SiluMulGrad { path: self.path },
         )?;
         let dgate = packed.get(0)?.reshape(gate.shape())?;
         let dup = packed.get(1)?.reshape(up.shape())?;
@@ -96,9 +123,11 @@ impl CustomOp2 for SiluMul {
     }
 }
 
-struct SiluMulGrad;
+struct SiluMulGrad {
+    path: SimdPath,
+}
 
-fn backward<T: Real>(a: &[T], b: &[T], g: &[T]) -> Vec<T> {
+fn backward<T: Real>(a: &[T], b: &[T], g: &[T], path: SimdPath) -> Vec<T> {
     let n = a.len();
     let mut out = vec![T::ZERO; 2 * n];
     let (da, db) = out.split_at_mut(n);
@@ -106,15 +135,38 @@ fn backward<T: Real>(a: &[T], b: &[T], g: &[T]) -> Vec<T> {
         .zip(db.par_chunks_mut(PER_TASK))
         .zip(a.par_chunks(PER_TASK))
         .zip(b.par_chunks(PER_TASK).zip(g.par_chunks(PER_TASK)))
-        .for_each(|(((dac, dbc), ac), (bc, gc))| {
-            for i in 0..ac.len() {
-                let (av, bv, gv) = (ac[i], bc[i], gc[i]);
-                let s = sigmoid(av);
-                dbc[i] = gv * av * s;
-                dac[i] = gv * bv * s * (T::ONE + av * (T::ONE - s));
-            }
-        });
+        .for_each(|(((da, db), a), (b, g))| lanes::on_path(path, Backward { da, db, a, b, g }));
     out
+}
+
+/// One rayon task's share of the backward.
+struct Backward<'a, T> {
+    da: &'a mut [T],
+    db: &'a mut [T],
+    a: &'a [T],
+    b: &'a [T],
+    g: &'a [T],
+}
+
+impl<T: Real> lanes::Kernel for Backward<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let n = self.a.len();
+        let (da, db, a, b, g) = (
+            &mut self.da[..n],
+            &mut self.db[..n],
+            self.a,
+            &self.b[..n],
+            &self.g[..n],
+        );
+        for i in 0..n {
+            let (av, bv, gv) = (a[i], b[i], g[i]);
+            let s = sigmoid(av);
+            db[i] = gv * av * s;
+            da[i] = gv * bv * s * (T::ONE + av * (T::ONE - s));
+        }
+    }
 }
 
 impl CustomOp3 for SiluMulGrad {
@@ -135,7 +187,7 @@ impl CustomOp3 for SiluMulGrad {
         let out = dispatch!(
             "silu-mul-grad",
             [(a, s1, l1), (b, s2, l2), (g, s3, l3)],
-            backward(a, b, g)
+            backward(a, b, g, self.path)
         );
         Ok((out, Shape::from((2, n))))
     }
@@ -144,8 +196,20 @@ impl CustomOp3 for SiluMulGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::test_util::{check_fd, grads, max_diff, randn};
+    use crate::fused::test_util::{check_fd, f32_bits, grads, max_diff, randn};
     use candle_core::DType;
+
+    #[test]
+    fn every_cpu_path_gives_the_same_bits() {
+        let f = |seed| randn(&[5, 37], seed).to_dtype(DType::F32).unwrap();
+        let (a, b, g) = (f(1), f(2), f(3));
+        let run = |path: SimdPath| {
+            let y = a.apply_op2_no_bwd(&b, &SiluMul { path }).unwrap();
+            let d = a.apply_op3_no_bwd(&b, &g, &SiluMulGrad { path }).unwrap();
+            (f32_bits(&y), f32_bits(&d))
+        };
+        assert_eq!(run(SimdPath::detect()), run(SimdPath::Portable));
+    }
 
     #[test]
     fn matches_the_composed_ops_values_and_gradients() {
