@@ -12,7 +12,6 @@ use crate::config::{Architecture, DecoderConfig};
 use crate::error::Result;
 use crate::fused;
 use crate::layers::{Linear, RmsNorm};
-use crate::rope;
 use crate::weights::Vb;
 
 /// Causal grouped-query self-attention with rotary positions (`self_attn` in HF checkpoints):
@@ -73,20 +72,43 @@ impl Attention {
 
     /// Projects `x` `(B, T, hidden)` to rotated `q` `(B, H, T, d)` and `k`, `v` `(B, KV, T, d)`.
     pub fn qkv(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (q, k, v) = self.qkv_grouped(x, cos, sin)?;
+        let (b, t) = (k.dim(0)?, k.dim(2)?);
+        Ok((q.reshape((b, self.n_heads, t, self.head_dim))?, k, v))
+    }
+
+    /// [`Attention::qkv`] with `q` in the grouped layout `(B, KV, G·T, d)` (the same values),
+    /// as the training path attends: no reshape node between the projection and the product.
+    fn qkv_grouped(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;
-        let heads = |proj: &Linear, n: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
-            let y = proj.forward(x)?.reshape((b, t, n, self.head_dim))?; // (B, T, n, d)
+        let d = self.head_dim;
+        // One fused op per projection: (B, T, n·d) → rotated (B, n, T, d) ([`fused::heads`]).
+        let heads = |proj: &Linear, n: usize, norm: &Option<RmsNorm>, tabs, groups| {
+            let y = proj.forward(x)?; // (B, T, n·d)
             let y = match norm {
-                Some(norm) => norm.forward(&y)?,
+                // Qwen3 normalises each head before the rotation.
+                Some(norm) => norm
+                    .forward(&y.reshape((b, t, n, d))?)?
+                    .reshape((b, t, n * d))?,
                 None => y,
             };
-            Ok(y.transpose(1, 2)?.contiguous()?) // (B, n, T, d)
+            fused::split_heads(&y, n, tabs, groups)
         };
-        let q = heads(&self.q_proj, self.n_heads, &self.q_norm)?;
-        let k = heads(&self.k_proj, self.n_kv, &self.k_norm)?;
-        let v = heads(&self.v_proj, self.n_kv, &None)?;
-        let q = rope::apply(&q, cos, sin)?;
-        let k = rope::apply(&k, cos, sin)?;
+        let g = self.n_heads / self.n_kv;
+        let q = heads(
+            &self.q_proj,
+            self.n_heads,
+            &self.q_norm,
+            Some((cos, sin)),
+            g,
+        )?; // (B, KV, G·T, d)
+        let k = heads(&self.k_proj, self.n_kv, &self.k_norm, Some((cos, sin)), 1)?; // (B, KV, T, d)
+        let v = heads(&self.v_proj, self.n_kv, &None, None, 1)?; // (B, KV, T, d)
         Ok((q, k, v))
     }
 
@@ -107,11 +129,17 @@ impl Attention {
         bias: &Tensor,
     ) -> Result<Tensor> {
         let (b, h, tq, d) = q.dims4()?;
+        let q = q.reshape((b, self.n_kv, (h / self.n_kv) * tq, d))?; // (B, KV, G·Tq, d)
+        self.attend_grouped(&q, k, v, bias)
+    }
+
+    /// [`Attention::attend_heads`] for `q` in the grouped layout `(B, KV, G·Tq, d)`.
+    fn attend_grouped(&self, q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let (_, _, gtq, d) = q.dims4()?;
+        let tq = gtq / (self.n_heads / self.n_kv);
         let tk = k.dim(2)?;
-        let g = h / self.n_kv;
         let scale = 1.0 / (d as f64).sqrt();
-        let q = q.reshape((b, self.n_kv, g * tq, d))?; // (B, KV, G·Tq, d)
-        let scores = q.matmul(&k.t()?)?.reshape((b, h, tq, tk))?; // (B, KV·G, Tq, Tk)
+        let scores = q.matmul(&k.t()?)?; // (B, KV, G·Tq, Tk)
 
         // bias (Bm, 1, 1, Tq, Tk) → (Bm, Tq, Tk), shared by every head. A broadcast bias (the
         // decode step's scalar zero, or one without the batch dims) is expanded first.
@@ -119,17 +147,15 @@ impl Attention {
         let bias = bias
             .broadcast_as((bm, 1, 1, tq, tk))?
             .reshape((bm, tq, tk))?;
-        let probs = fused::masked_softmax(&scores, &bias, scale)?; // (B, H, Tq, Tk)
-        let probs = probs.reshape((b, self.n_kv, g * tq, tk))?;
-        let out = probs.matmul(v)?; // (B, KV, G·Tq, d)
-        let out = out.reshape((b, h, tq, d))?.transpose(1, 2)?; // (B, Tq, H, d)
-        Ok(out.reshape((b, tq, h * d))?)
+        let probs = fused::masked_softmax(&scores, &bias, scale)?; // (B, KV, G·Tq, Tk)
+        let out = probs.matmul(v)?; // (B, KV, G·Tq, d), laid out as (B, H, Tq, d)
+        fused::merge_heads(&out, self.n_heads) // (B, Tq, H·d)
     }
 
     /// Full-sequence attention (training and scoring path).
     pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        let (q, k, v) = self.qkv(x, cos, sin)?;
-        self.attend(&q, &k, &v, bias)
+        let (q, k, v) = self.qkv_grouped(x, cos, sin)?;
+        self.o_proj.forward(&self.attend_grouped(&q, &k, &v, bias)?)
     }
 
     /// Attention with shared prompts ([`crate::prefix`]): prompt rows `xp` `(n, P, hidden)`
@@ -144,13 +170,17 @@ impl Attention {
         rows: (&Tensor, &Tensor, &Tensor),
         group: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        let (qp, kp, vp) = self.qkv(xp, prompt.0, prompt.1)?; // (n, H, P, d), (n, KV, P, d)
-        let (qr, kr, vr) = self.qkv(xr, rows.0, rows.1)?; // (B, H, C, d), (B, KV, C, d)
-        let yp = self.attend(&qp, &kp, &vp, prompt.2)?; // (n, P, hidden)
-                                                        // index_select's backward sums the G rows' gradients into their shared prompt.
+        let (qp, kp, vp) = self.qkv_grouped(xp, prompt.0, prompt.1)?; // (n, KV, G·P, d), (n, KV, P, d)
+        let (qr, kr, vr) = self.qkv_grouped(xr, rows.0, rows.1)?; // (B, KV, G·C, d), (B, KV, C, d)
+        let yp = self
+            .o_proj
+            .forward(&self.attend_grouped(&qp, &kp, &vp, prompt.2)?)?; // (n, P, hidden)
+                                                                       // index_select's backward sums the G rows' gradients into their shared prompt.
         let k = Tensor::cat(&[&kp.index_select(group, 0)?, &kr], 2)?; // (B, KV, P + C, d)
         let v = Tensor::cat(&[&vp.index_select(group, 0)?, &vr], 2)?;
-        let yr = self.attend(&qr, &k, &v, rows.2)?; // (B, C, hidden)
+        let yr = self
+            .o_proj
+            .forward(&self.attend_grouped(&qr, &k, &v, rows.2)?)?; // (B, C, hidden)
         Ok((yp, yr))
     }
 }

@@ -1,5 +1,6 @@
 //! Fused CPU kernels with real backward passes for the training forward: RMSNorm, the masked
-//! attention softmax, SwiGLU's `silu(gate) ⊙ up` and rotary embeddings.
+//! attention softmax, SwiGLU's `silu(gate) ⊙ up`, rotary embeddings, and splitting a projection
+//! into rotated heads and merging them back.
 //!
 //! candle's own fused kernels for these (`ops::rms_norm`, `softmax_last_dim`, `rope`) have no
 //! backward and drop gradients silently; the differentiable alternative composes 5–15
@@ -15,6 +16,7 @@
 
 use candle_core::{DType, Layout, Tensor, WithDType};
 
+pub mod heads;
 pub mod rms_norm;
 pub mod rope;
 pub mod softmax;
@@ -22,6 +24,7 @@ pub mod swiglu;
 
 pub(crate) mod lanes;
 
+pub use heads::{merge_heads, merge_heads_composed, split_heads, split_heads_composed};
 pub use rms_norm::{rms_norm, rms_norm_composed};
 pub use rope::{rope, rope_composed};
 pub use softmax::{masked_softmax, masked_softmax_composed};

@@ -27,14 +27,15 @@ use crate::error::{ModelError, Result};
 use crate::simd::SimdPath;
 
 /// `softmax(scale · scores + bias)` over the last dimension; `scores` `(B, M, Tq, Tk)`,
-/// `bias` `(Bm, Tq, Tk)` with `Bm` 1 or B. One fused op for f32/f64 on the CPU,
+/// `bias` `(Bm, Tq, Tk)` with `Bm` 1 or B. Scores may also be `(B, KV, G·Tq, Tk)`, `G` query
+/// heads folded into the rows (grouped-query attention): row `r` is query position `r mod Tq`. One fused op for f32/f64 on the CPU,
 /// [`masked_softmax_composed`] otherwise.
 pub fn masked_softmax(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
-    let (b, _, tq, tk) = scores.dims4()?;
+    let (b, _, rows, tk) = scores.dims4()?;
     let (bm, bq, bk) = bias.dims3().map_err(|_| {
         ModelError::InvalidInput(format!("bias must be (B, Tq, Tk), got {:?}", bias.dims()))
     })?;
-    if (bm != 1 && bm != b) || bq != tq || bk != tk {
+    if (bm != 1 && bm != b) || bq == 0 || rows % bq != 0 || bk != tk {
         return Err(ModelError::InvalidInput(format!(
             "bias {:?} does not fit scores {:?}",
             bias.dims(),
@@ -58,14 +59,18 @@ pub fn masked_softmax(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tens
 /// attention does (`softmax(…, dtype=torch.float32)`): a bf16 exp-sum over thousands of keys
 /// drifts.
 pub fn masked_softmax_composed(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
-    let z = (scores * scale)?.broadcast_add(&bias.unsqueeze(1)?)?; // (B, M, Tq, Tk)
+    let (b, m, rows, tk) = scores.dims4()?;
+    let tq = bias.dim(1)?;
+    let grouped = scores.reshape((b, m * rows / tq, tq, tk))?; // rows = G·Tq: (B, M·G, Tq, Tk)
+    let z = (grouped * scale)?.broadcast_add(&bias.unsqueeze(1)?)?;
     let dtype = z.dtype();
-    Ok(match dtype {
+    let y = match dtype {
         DType::BF16 | DType::F16 => {
             candle_nn::ops::softmax(&z.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(dtype)?
         }
         _ => candle_nn::ops::softmax(&z, D::Minus1)?,
-    })
+    };
+    Ok(y.reshape((b, m, rows, tk))?)
 }
 
 struct MaskedSoftmax {
@@ -74,11 +79,13 @@ struct MaskedSoftmax {
     path: SimdPath,
 }
 
-/// `(m, tq, tk, bias batches)` of the op's operands.
+/// `(m, tq, tk, bias batches)` of the op's operands: scores `(B, M, R, Tk)` are `B` batches of
+/// `m·tq` rows, `m = M·R/tq`, whose query position is the row index modulo `tq` (`R = G·Tq`
+/// in the grouped layout; the bias is `(Bm, Tq, Tk)`).
 fn geometry(scores: &Layout, bias: &Layout) -> candle_core::Result<(usize, usize, usize, usize)> {
-    let (_, m, tq, tk) = scores.shape().dims4()?;
-    let (bm, _, _) = bias.shape().dims3()?;
-    Ok((m, tq, tk, bm))
+    let (_, m, rows, tk) = scores.shape().dims4()?;
+    let (bm, tq, _) = bias.shape().dims3()?;
+    Ok((m * rows / tq.max(1), tq, tk, bm))
 }
 
 /// Per bias row, how many leading keys can take part: one past the last key whose bias is not
