@@ -250,7 +250,7 @@ fn weight_grad_sgemm(g: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tenso
     let sg = |e: ModelError| candle_core::Error::Msg(e.to_string());
     let a = MatRef::row_major(gv, n, out).map_err(sg)?.t(); // Gᵀ (out, N)
     let b = MatRef::row_major(xv, n, inp).map_err(sg)?; // x (N, in)
-    let mut dw = vec![0f32; out * inp];
+    let mut dw = crate::fused::zeros_par::<f32>(out * inp);
     sgemm(a, b, &mut dw, false).map_err(sg)?;
     Ok(Some(Tensor::from_vec(dw, (out, inp), g.device())?)) // (out, in)
 }

@@ -31,7 +31,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Sh
 use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
-use crate::fused::{contiguous, cpu_float, dispatch, lanes, Real};
+use crate::fused::{contiguous, cpu_float, dispatch, lanes, zeros_par, Real};
 use crate::simd::SimdPath;
 
 /// Rows handed to one rayon task: enough work per task to amortise scheduling.
@@ -180,7 +180,7 @@ fn selective_bwd<T: Real>(
     path: SimdPath,
 ) -> Vec<T> {
     let (g, logp) = gl.split_at(gl.len() / 2);
-    let mut out = vec![T::ZERO; z.len()];
+    let mut out = zeros_par(z.len());
     out.par_chunks_mut(v * ROWS_PER_TASK)
         .enumerate()
         .for_each(|(c, out)| {

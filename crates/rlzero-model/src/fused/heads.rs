@@ -29,7 +29,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_float, dispatch, lanes, Real, ROWS_PER_TASK};
+use super::{cpu_float, dispatch, lanes, zeros_par, Real, ROWS_PER_TASK};
 use crate::error::{ModelError, Result};
 use crate::simd::SimdPath;
 
@@ -229,7 +229,7 @@ impl Heads {
         let rot = tables
             .as_ref()
             .map(|(c, s, bt, inv)| (&c[..], &s[..], *bt, *inv));
-        let mut out = vec![T::ZERO; src.len()];
+        let mut out = zeros_par(src.len());
         let path = self.path;
         out.par_chunks_mut(d * ROWS_PER_TASK)
             .enumerate()

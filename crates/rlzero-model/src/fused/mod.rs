@@ -108,6 +108,21 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
 }
 
 /// Whether the fused kernels serve `t`: f32/f64 on the CPU.
+/// `len` zeros written by the rayon pool, chunk by chunk, instead of by the calling thread: a
+/// fresh activation-sized output's zero fill and first-touch page faults then run on every
+/// core (serial, they held the other cores idle; perf of a train step put a fifth of the main
+/// thread's samples there).
+pub(crate) fn zeros_par<T: Real>(len: usize) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut v: Vec<T> = Vec::with_capacity(len);
+    v.spare_capacity_mut()
+        .par_chunks_mut(1 << 16)
+        .for_each(|c| c.iter_mut().for_each(|x| _ = x.write(T::ZERO)));
+    // SAFETY: the loop above wrote each of the `len` elements of the spare capacity.
+    unsafe { v.set_len(len) };
+    v
+}
+
 pub(crate) fn cpu_float(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
 }

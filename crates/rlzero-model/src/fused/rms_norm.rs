@@ -20,7 +20,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{cpu_float, dispatch, lanes, Real, ROWS_PER_TASK};
+use super::{cpu_float, dispatch, lanes, zeros_par, Real, ROWS_PER_TASK};
 use crate::error::Result;
 use crate::simd::SimdPath;
 
@@ -69,7 +69,7 @@ fn inv_rms<T: Real>(row: &[T], eps: f64) -> T {
 
 fn forward<T: Real>(x: &[T], w: &[T], eps: f64, path: SimdPath) -> Vec<T> {
     let d = w.len();
-    let mut y = vec![T::ZERO; x.len()];
+    let mut y = zeros_par(x.len());
     y.par_chunks_mut(d * ROWS_PER_TASK)
         .zip(x.par_chunks(d * ROWS_PER_TASK))
         .for_each(|(y, x)| lanes::on_path(path, Forward { y, x, w, eps }));
@@ -149,7 +149,7 @@ struct RmsNormGrad {
 
 fn backward<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64, path: SimdPath) -> Vec<T> {
     let d = w.len();
-    let mut out = vec![T::ZERO; x.len() + d];
+    let mut out = zeros_par(x.len() + d);
     let (dx, dw) = out.split_at_mut(x.len());
     // Each task also sums its rows' share of ∂L/∂w; the partials are added in task order.
     let partials: Vec<Vec<T>> = dx

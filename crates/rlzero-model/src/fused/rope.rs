@@ -21,7 +21,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{cpu_float, dispatch, Real, ROWS_PER_TASK};
+use super::{cpu_float, dispatch, zeros_par, Real, ROWS_PER_TASK};
 use crate::error::Result;
 
 /// Rotates `x` `(B, H, T, d)` by tables `(Bc, 1, T, d)` (Bc 1 or B), as
@@ -78,7 +78,7 @@ fn apply<T: Real>(
 ) -> Vec<T> {
     let (h, t, d, bc) = geo;
     let half = d / 2;
-    let mut y = vec![T::ZERO; x.len()];
+    let mut y = zeros_par(x.len());
     y.par_chunks_mut(d * ROWS_PER_TASK)
         .enumerate()
         .for_each(|(task, yc)| {

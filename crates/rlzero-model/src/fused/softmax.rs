@@ -22,7 +22,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{cpu_float, dispatch, lanes, Real, ROWS_PER_TASK};
+use super::{cpu_float, dispatch, lanes, zeros_par, Real, ROWS_PER_TASK};
 use crate::error::{ModelError, Result};
 use crate::simd::SimdPath;
 
@@ -112,7 +112,7 @@ fn forward<T: Real>(
     let tk = geo.2;
     let c = T::from_f64(scale);
     let live = live_keys(bias, tk);
-    let mut y = vec![T::ZERO; s.len()];
+    let mut y = zeros_par(s.len());
     y.par_chunks_mut(tk * ROWS_PER_TASK)
         .enumerate()
         .for_each(|(task, yc)| {
@@ -232,7 +232,7 @@ fn backward<T: Real>(
     let tk = geo.2;
     let c = T::from_f64(scale);
     let live = live_keys(bias, tk);
-    let mut out = vec![T::ZERO; y.len()];
+    let mut out = zeros_par(y.len());
     out.par_chunks_mut(tk * ROWS_PER_TASK)
         .enumerate()
         .for_each(|(task, oc)| {

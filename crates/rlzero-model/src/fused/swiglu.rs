@@ -16,7 +16,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_float, dispatch, lanes, Real};
+use super::{cpu_float, dispatch, lanes, zeros_par, Real};
 use crate::error::{ModelError, Result};
 use crate::simd::SimdPath;
 
@@ -60,7 +60,7 @@ fn sigmoid<T: Real>(a: T) -> T {
 }
 
 fn forward<T: Real>(a: &[T], b: &[T], path: SimdPath) -> Vec<T> {
-    let mut y = vec![T::ZERO; a.len()];
+    let mut y = zeros_par(a.len());
     y.par_chunks_mut(PER_TASK)
         .zip(a.par_chunks(PER_TASK).zip(b.par_chunks(PER_TASK)))
         .for_each(|(y, (a, b))| lanes::on_path(path, Forward { y, a, b }));
@@ -129,7 +129,7 @@ struct SiluMulGrad {
 
 fn backward<T: Real>(a: &[T], b: &[T], g: &[T], path: SimdPath) -> Vec<T> {
     let n = a.len();
-    let mut out = vec![T::ZERO; 2 * n];
+    let mut out = zeros_par(2 * n);
     let (da, db) = out.split_at_mut(n);
     da.par_chunks_mut(PER_TASK)
         .zip(db.par_chunks_mut(PER_TASK))
