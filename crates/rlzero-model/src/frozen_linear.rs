@@ -10,7 +10,8 @@
 //! the op, so autograd never sees it:
 //!
 //! * forward: `y = x Wᵀ` through the same backend gemm, shapes and strides as
-//!   `x.matmul(&w.t())` (hence bitwise the same values);
+//!   `x.matmul(&w.t())` (hence bitwise the same values); on the CPU through
+//!   [`crate::cpu_matmul`], the same gemm call without candle's serial zero fill of `y`;
 //! * backward: `∂L/∂x = G W` `(N, in)`; nothing for `W`.
 //!
 //! [`linear_matmul`] is the same product with a trainable `W` as a second argument: one
@@ -101,7 +102,7 @@ impl CustomOp1 for FrozenMatmul {
         let (w_storage, w_layout) = self.w.storage_and_layout();
         match &*w_storage {
             Storage::Cpu(w) => cpu_linear(x, layout, w, w_layout),
-            _ => fwd!(self, x, layout, Cpu),
+            _ => candle_core::bail!("frozen_matmul: W is on {:?}, x on the CPU", self.w.device()),
         }
     }
 

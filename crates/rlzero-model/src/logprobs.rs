@@ -279,7 +279,8 @@ fn check_inputs(logits: &Tensor, n_targets: Option<&[usize]>, temperature: f64) 
             )));
         }
     }
-    if !(temperature.is_finite() && temperature > 0.0) {
+    // 1/τ must be finite too: the row maximum is taken as max(z)·(1/τ).
+    if !(temperature.is_finite() && temperature > 0.0 && (1.0 / temperature).is_finite()) {
         return Err(ModelError::InvalidInput(format!(
             "temperature must be finite and > 0, got {temperature}"
         )));

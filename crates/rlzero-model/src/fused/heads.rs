@@ -123,7 +123,7 @@ pub fn merge_heads(x: &Tensor, n: usize) -> Result<Tensor> {
 /// The same from candle's differentiable ops.
 pub fn merge_heads_composed(x: &Tensor, n: usize) -> Result<Tensor> {
     let (b, _, _, d) = x.dims4()?;
-    let t = x.elem_count() / (b * n * d);
+    let t = x.elem_count().checked_div(b * n * d).unwrap_or(0); // an empty batch has no rows
     let x = x.reshape((b, n, t, d))?.transpose(1, 2)?; // (B, T, n, d)
     Ok(x.reshape((b, t, n * d))?)
 }

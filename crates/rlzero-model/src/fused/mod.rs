@@ -107,7 +107,6 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     }
 }
 
-/// Whether the fused kernels serve `t`: f32/f64 on the CPU.
 /// `len` zeros written by the rayon pool, chunk by chunk, instead of by the calling thread: a
 /// fresh activation-sized output's zero fill and first-touch page faults then run on every
 /// core (serial, they held the other cores idle; perf of a train step put a fifth of the main
@@ -123,6 +122,7 @@ pub(crate) fn zeros_par<T: Real>(len: usize) -> Vec<T> {
     v
 }
 
+/// Whether the fused kernels serve `t`: f32/f64 on the CPU.
 pub(crate) fn cpu_float(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
 }

@@ -28,8 +28,8 @@ use crate::simd::SimdPath;
 
 /// `softmax(scale · scores + bias)` over the last dimension; `scores` `(B, M, Tq, Tk)`,
 /// `bias` `(Bm, Tq, Tk)` with `Bm` 1 or B. Scores may also be `(B, KV, G·Tq, Tk)`, `G` query
-/// heads folded into the rows (grouped-query attention): row `r` is query position `r mod Tq`. One fused op for f32/f64 on the CPU,
-/// [`masked_softmax_composed`] otherwise.
+/// heads folded into the rows (grouped-query attention): row `r` is query position
+/// `r mod Tq`. One fused op for f32/f64 on the CPU, [`masked_softmax_composed`] otherwise.
 pub fn masked_softmax(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
     let (b, _, rows, tk) = scores.dims4()?;
     let (bm, bq, bk) = bias.dims3().map_err(|_| {
@@ -89,9 +89,11 @@ fn geometry(scores: &Layout, bias: &Layout) -> candle_core::Result<(usize, usize
 }
 
 /// Per bias row, how many leading keys can take part: one past the last key whose bias is not
-/// `−∞`. Past it every weight is exactly 0 (a causal row's future), so the kernels skip those
-/// keys. A row masked everywhere keeps all `tk` keys, so it gives what the unskipped formula
-/// gives (NaN), not a silent zero.
+/// `−∞`. Past it every weight is 0 (a causal row's future), so the kernels skip those keys.
+/// A row masked everywhere keeps all `tk` keys, so it gives what the unskipped formula gives
+/// (NaN), not a silent zero. The one difference from the composed ops, by design: a NaN or
+/// `+∞` score at a skipped key no longer turns its row into NaN (`s + (−∞)`). The non-finite
+/// value still shows: the key's own position attends to it (its query row keeps it live).
 fn live_keys<T: Real>(bias: &[T], tk: usize) -> Vec<usize> {
     let neg_inf = T::from_f64(f64::NEG_INFINITY);
     bias.chunks(tk)
@@ -363,6 +365,48 @@ mod tests {
         let y = &portable.0;
         assert_eq!(y[3 * 11 + 4..3 * 11 + 11], [0u32; 7]);
         assert_eq!(portable.1[3 * 11 + 4..3 * 11 + 11], [0u32; 7]);
+    }
+
+    #[test]
+    fn future_keys_are_skipped_not_computed() {
+        // A NaN key: its scores are NaN in every row. In row 0 it is the future; computed, it
+        // would make the row NaN (NaN + (−∞) = NaN).
+        let dev = candle_core::Device::Cpu;
+        let inf = f32::NEG_INFINITY;
+        let bias = Tensor::new(&[[[0f32, inf], [0., 0.]]], &dev).unwrap(); // (1, 2, 2)
+        let s = Tensor::new(&[[[[1f32, f32::NAN], [1., f32::NAN]]]], &dev).unwrap(); // (1, 1, 2, 2)
+        let y = masked_softmax(&s, &bias, 1.0)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        let y = y.to_vec1::<f32>().unwrap();
+        assert_eq!(y[..2], [1.0, 0.0]);
+        assert!(y[2..].iter().all(|v| v.is_nan())); // row 1 attends to the NaN: it shows there
+    }
+
+    #[test]
+    fn the_grouped_layout_matches_the_composed_ops() {
+        // B 2 with its own bias rows (left padding: different live keys per row), KV 2, G 3.
+        let info = MaskInfo::from_rows(&[vec![0, 0, 1, 1, 1], vec![1, 1, 1, 1, 1]]).unwrap();
+        let bias = info
+            .bias(DType::F64, &candle_core::Device::Cpu)
+            .unwrap()
+            .squeeze(1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap(); // (2, 5, 5)
+        let s = randn(&[2, 2, 3 * 5, 5], 21); // (B, KV, G·Tq, Tk)
+        let fused = |t: &[Tensor]| masked_softmax(&t[0], &bias, 0.4).unwrap();
+        let composed = |t: &[Tensor]| masked_softmax_composed(&t[0], &bias, 0.4).unwrap();
+        let ins = [s.clone()];
+        assert!(max_diff(&fused(&ins), &composed(&ins)) < 1e-14);
+        // The same rows in the ungrouped layout (B, KV·G, Tq, Tk) give the same values.
+        let flat = masked_softmax(&s.reshape((2, 6, 5, 5)).unwrap(), &bias, 0.4).unwrap();
+        let flat = flat.reshape((2, 2, 15, 5)).unwrap();
+        assert!(max_diff(&fused(&ins), &flat) == 0.0);
+        let gf = grads(&fused, &ins, 22);
+        assert!(max_diff(&gf[0], &grads(&composed, &ins, 22)[0]) < 1e-13);
+        check_fd(&fused, &ins, 0, &gf[0], 22);
     }
 
     #[test]
