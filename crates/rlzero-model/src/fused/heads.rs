@@ -29,6 +29,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::rope::rotate_row;
 use super::{cpu_float, dispatch, lanes, zeros_par, Real, ROWS_PER_TASK};
 use crate::error::{ModelError, Result};
 use crate::simd::SimdPath;
@@ -164,7 +165,6 @@ impl<T: Real> lanes::Kernel for SwapRows<'_, T> {
     #[inline(always)]
     fn run(self) {
         let (a, c, d) = self.dims;
-        let half = d / 2;
         for (k, yr) in self.out.chunks_mut(d).enumerate() {
             let row = self.first + k;
             let (bi, ci, ai) = (row / (c * a), (row / a) % c, row % a);
@@ -175,18 +175,7 @@ impl<T: Real> lanes::Kernel for SwapRows<'_, T> {
             };
             let (t, p) = if self.t_is_a { (a, ai) } else { (c, ci) };
             let tab = ((bi % bt) * t + p) * d;
-            let (cs, sn) = (&cos[tab..tab + d], &sin[tab..tab + d]);
-            let (y1, y2) = yr.split_at_mut(half);
-            for i in 0..half {
-                let (u, v) = (xr[i], xr[half + i]);
-                if inverse {
-                    y1[i] = u * cs[i] + v * sn[half + i];
-                    y2[i] = v * cs[half + i] - u * sn[i];
-                } else {
-                    y1[i] = u * cs[i] - v * sn[i];
-                    y2[i] = v * cs[half + i] + u * sn[half + i];
-                }
-            }
+            rotate_row(yr, xr, &cos[tab..tab + d], &sin[tab..tab + d], inverse);
         }
     }
 }

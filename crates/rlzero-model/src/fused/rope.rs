@@ -77,7 +77,6 @@ fn apply<T: Real>(
     transpose: bool,
 ) -> Vec<T> {
     let (h, t, d, bc) = geo;
-    let half = d / 2;
     let mut y = zeros_par(x.len());
     y.par_chunks_mut(d * ROWS_PER_TASK)
         .enumerate()
@@ -87,21 +86,28 @@ fn apply<T: Real>(
                 let (bi, p) = (row / (h * t), row % t);
                 let tab = ((bi % bc) * t + p) * d;
                 let (c, s) = (&cos[tab..tab + d], &sin[tab..tab + d]);
-                let xr = &x[row * d..(row + 1) * d];
-                let (y1, y2) = yr.split_at_mut(half);
-                for i in 0..half {
-                    let (a, b) = (xr[i], xr[half + i]);
-                    if transpose {
-                        y1[i] = a * c[i] + b * s[half + i];
-                        y2[i] = b * c[half + i] - a * s[i];
-                    } else {
-                        y1[i] = a * c[i] - b * s[i];
-                        y2[i] = b * c[half + i] + a * s[half + i];
-                    }
-                }
+                rotate_row(yr, &x[row * d..(row + 1) * d], c, s, transpose);
             }
         });
     y
+}
+
+/// `y = R x` for one row of `d` values and its tables (`transpose`: `y = Rᵀ x`, the inverse
+/// rotation), as the module doc writes it.
+#[inline(always)]
+pub(crate) fn rotate_row<T: Real>(y: &mut [T], x: &[T], cos: &[T], sin: &[T], transpose: bool) {
+    let half = x.len() / 2;
+    let (y1, y2) = y.split_at_mut(half);
+    for i in 0..half {
+        let (a, b) = (x[i], x[half + i]);
+        if transpose {
+            y1[i] = a * cos[i] + b * sin[half + i];
+            y2[i] = b * cos[half + i] - a * sin[i];
+        } else {
+            y1[i] = a * cos[i] - b * sin[i];
+            y2[i] = b * cos[half + i] + a * sin[half + i];
+        }
+    }
 }
 
 impl CustomOp3 for Rope {

@@ -88,6 +88,12 @@ fn geometry(scores: &Layout, bias: &Layout) -> candle_core::Result<(usize, usize
     Ok((m * rows / tq.max(1), tq, tk, bm))
 }
 
+/// The bias row of score row `row`: its batch's (or the shared) bias, at its query position.
+#[inline(always)]
+fn bias_row(row: usize, (m, tq, _, bm): (usize, usize, usize, usize)) -> usize {
+    ((row / (m * tq)) % bm) * tq + row % tq
+}
+
 /// Per bias row, how many leading keys can take part: one past the last key whose bias is not
 /// `−∞`. Past it every weight is 0 (a causal row's future), so the kernels skip those keys.
 /// A row masked everywhere keeps all `tk` keys, so it gives what the unskipped formula gives
@@ -148,10 +154,10 @@ impl<T: Real> lanes::Kernel for ForwardRows<'_, T> {
     type Output = ();
     #[inline(always)]
     fn run(self) {
-        let (m, tq, tk, bm) = self.geo;
+        let tk = self.geo.2;
         for (k, yr) in self.yc.chunks_mut(tk).enumerate() {
             let row = self.task * ROWS_PER_TASK + k;
-            let b = ((row / (m * tq)) % bm) * tq + row % tq; // bias row
+            let b = bias_row(row, self.geo);
             let n = self.live[b];
             let (yr, dead) = yr.split_at_mut(n);
             dead.fill(T::ZERO);
@@ -267,10 +273,10 @@ impl<T: Real> lanes::Kernel for BackwardRows<'_, T> {
     type Output = ();
     #[inline(always)]
     fn run(self) {
-        let (m, tq, tk, bm) = self.geo;
+        let tk = self.geo.2;
         for (k, or) in self.oc.chunks_mut(tk).enumerate() {
             let row = self.task * ROWS_PER_TASK + k;
-            let n = self.live[((row / (m * tq)) % bm) * tq + row % tq];
+            let n = self.live[bias_row(row, self.geo)];
             let (yr, gr) = (&self.y[row * tk..][..n], &self.g[row * tk..][..n]);
             let dot = lanes::dot(yr, gr);
             for ((o, &yv), &gv) in or[..n].iter_mut().zip(yr).zip(gr) {
