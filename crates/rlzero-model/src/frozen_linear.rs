@@ -11,7 +11,7 @@
 //!
 //! * forward: `y = x Wᵀ` through the same backend gemm, shapes and strides as
 //!   `x.matmul(&w.t())` (hence bitwise the same values); on the CPU through
-//!   [`crate::cpu_matmul`], the same gemm call without candle's serial zero fill of `y`;
+//!   `cpu_matmul`, the same gemm call without candle's serial zero fill of `y`;
 //! * backward: `∂L/∂x = G W` `(N, in)`; nothing for `W`.
 //!
 //! [`linear_matmul`] is the same product with a trainable `W` as a second argument: one

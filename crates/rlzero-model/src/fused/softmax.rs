@@ -5,7 +5,7 @@
 //! B, shared by all M heads): `y = softmax(c·s + m)` over the last dimension, with the row
 //! maximum subtracted before `exp` (`−∞` entries give exactly 0). Keys past a row's last
 //! finite bias entry (a causal row's future: half of all entries) are set to 0 without being
-//! computed, forward and backward; the row reductions run in 8 vector lanes ([`super::lanes`]).
+//! computed, forward and backward; the row reductions run in 8 vector lanes (`fused::lanes`).
 //!
 //! Backward: `∂L/∂s_j = c · y_j (g_j − Σ_k y_k g_k)`; the bias is a constant (no gradient).
 //!
