@@ -173,8 +173,9 @@ impl Attention {
         let (qp, kp, vp) = self.qkv_grouped(xp, prompt.0, prompt.1)?; // (n, KV, G·P, d), (n, KV, P, d)
         let (qr, kr, vr) = self.qkv_grouped(xr, rows.0, rows.1)?; // (B, KV, G·C, d), (B, KV, C, d)
         let yp = self.attend_grouped(&qp, &kp, &vp, prompt.2)?; // (n, P, H·d)
-        let yp = self.o_proj.forward(&yp)?; // (n, P, hidden)
-                                            // index_select's backward sums the G rows' gradients into their shared prompt.
+        let yp = self.o_proj.forward(&yp)?;
+        // yp: (n, P, hidden). index_select's backward sums the G rows' gradients into their
+        // shared prompt.
         let k = Tensor::cat(&[&kp.index_select(group, 0)?, &kr], 2)?; // (B, KV, P + C, d)
         let v = Tensor::cat(&[&vp.index_select(group, 0)?, &vr], 2)?;
         let yr = self
