@@ -10,6 +10,8 @@
 
 use candle_core::{CpuStorage, Layout, Storage, Tensor};
 
+use crate::fused::Real;
+
 /// A matrix operand: its values, and the row and column strides of element `(i, j)` at
 /// `data[i·rs + j·cs]`.
 #[derive(Clone, Copy)]
@@ -45,24 +47,9 @@ impl<'a, T> Operand<'a, T> {
     }
 }
 
-/// The float types gemm serves here.
-pub(crate) trait GemmFloat: Copy + Default + 'static {
-    /// `0` and `1` (gemm's `α`, `β`).
-    const ZERO: Self;
-    const ONE: Self;
-}
-impl GemmFloat for f32 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-}
-impl GemmFloat for f64 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-}
-
 /// `A (m × k) · B (k × n)` → a new row-major `m × n` buffer; `None` if an operand's view reaches
 /// outside its data.
-pub(crate) fn matmul_new<T: GemmFloat>(
+pub(crate) fn matmul_new<T: Real>(
     m: usize,
     n: usize,
     k: usize,
@@ -136,7 +123,7 @@ pub(crate) fn matmul_2d(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     a.matmul(b)
 }
 
-fn product<T: GemmFloat>(
+fn product<T: Real>(
     m: usize,
     n: usize,
     k: usize,
@@ -153,6 +140,7 @@ fn product<T: GemmFloat>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fused::test_util::f32_bits;
     use candle_core::{DType, Device};
 
     #[test]
@@ -174,11 +162,7 @@ mod tests {
                 let want = x.matmul(y).unwrap();
                 let got = matmul_2d(x, y).unwrap();
                 assert_eq!(got.dims(), [m, n]);
-                let bits = |t: &Tensor| -> Vec<u32> {
-                    let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                    v.iter().map(|v| v.to_bits()).collect()
-                };
-                assert_eq!(bits(&got), bits(&want), "({m}, {k}, {n})");
+                assert_eq!(f32_bits(&got), f32_bits(&want), "({m}, {k}, {n})");
             }
             let a64 = a.to_dtype(DType::F64).unwrap();
             let b64 = b.to_dtype(DType::F64).unwrap();
