@@ -2,10 +2,17 @@
 //!
 //! At decode time `x` has one row per live sequence (≈ 8), so the product is bound by streaming
 //! `W` from memory, where candle's `gemm` reaches only 6–9 GB/s. This kernel streams each weight
-//! row once (prefetched a few rows ahead, since one core alone keeps too few DRAM requests in
-//! flight), and computes a 3 × 4 block of dot products per pass (3 weight rows × 4 input rows,
+//! row once and computes a 3 × 4 block of dot products per pass (3 weight rows × 4 input rows,
 //! 12 AVX2 accumulators), so each load feeds almost two FMAs. Work is split over output rows;
 //! several matrices that read the same input (q/k/v, gate/up) run as one parallel pass.
+//!
+//! **Overlapping the arithmetic with the stream.** At 8 rows the FMAs alone take about as long as
+//! the memory stream, so the two must overlap. Inside the inner loop each weight row asks for the
+//! cache line [`PREFETCH_BYTES`] ahead of the one it reads, one line per 64 bytes consumed: a
+//! steady number of DRAM requests in flight. (Asking for whole rows a few rows ahead, in bursts,
+//! filled the core's miss buffers and stalled it: 12–14 GB/s on a 2-core AVX2 host whose
+//! `memory_bandwidth` reads 25.8; this way, 17–21 GB/s.) Each thread gets about two large
+//! contiguous tasks per matrix, so the streams run long and the threads finish together.
 //!
 //! **Determinism.** Each output `y[m, o]` is one dot product accumulated in the same order
 //! whatever the block it falls in, the number of rows or the number of threads (8-lane partial
@@ -27,10 +34,15 @@
 use rayon::prelude::*;
 use rlzero_model::simd::SimdPath;
 
-/// Output rows per parallel task: large enough to amortise scheduling, small enough to balance.
-const ROWS_PER_TASK: usize = 64;
-/// How many weight rows ahead to prefetch.
-const PREFETCH_ROWS: usize = 10;
+/// Parallel tasks per thread and pass: few, so each task streams a long contiguous run of `W`,
+/// and more than one, so a thread that starts late is balanced by the others.
+const TASKS_PER_THREAD: usize = 2;
+/// At most this many weight bytes per task (the LM head's 113 MB pass is still split finely).
+const MAX_TASK_BYTES: usize = 1 << 20;
+/// How far ahead of each weight row's read position the AVX2 kernel prefetches (about 5 rows of
+/// SmolLM2's 576 inputs). 8–16 KiB measured best on the 2-core AVX2 host; 1–2 KiB arrives late,
+/// 32 KiB evicts what the loop is still reading.
+pub const PREFETCH_BYTES: usize = 12 << 10;
 /// Weight rows and input rows per register block.
 const BW: usize = 3;
 const BX: usize = 4;
@@ -47,7 +59,7 @@ pub trait Weight: Copy + Send + Sync + 'static {
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn avx2_block(w: &[&[Self]], x: &[f32], k: usize, nx: usize, acc: &mut Acc);
+    unsafe fn avx2_block(w: &[&[Self]], x: &[f32], k: usize, nx: usize, pf: bool, acc: &mut Acc);
 }
 
 impl Weight for f32 {
@@ -56,8 +68,8 @@ impl Weight for f32 {
         self
     }
     #[cfg(target_arch = "x86_64")]
-    unsafe fn avx2_block(w: &[&[f32]], x: &[f32], k: usize, nx: usize, acc: &mut Acc) {
-        avx2::block_f32(w, x, k, nx, acc)
+    unsafe fn avx2_block(w: &[&[f32]], x: &[f32], k: usize, nx: usize, pf: bool, acc: &mut Acc) {
+        avx2::block_f32(w, x, k, nx, pf, acc)
     }
 }
 
@@ -67,8 +79,8 @@ impl Weight for Bf16 {
         half::bf16::to_f32(self) // exact: the bits shifted into the upper half
     }
     #[cfg(target_arch = "x86_64")]
-    unsafe fn avx2_block(w: &[&[Bf16]], x: &[f32], k: usize, nx: usize, acc: &mut Acc) {
-        avx2::block_bf16(w, x, k, nx, acc)
+    unsafe fn avx2_block(w: &[&[Bf16]], x: &[f32], k: usize, nx: usize, pf: bool, acc: &mut Acc) {
+        avx2::block_bf16(w, x, k, nx, pf, acc)
     }
 }
 
@@ -131,17 +143,13 @@ pub fn linear_many_on<W: Weight>(
     starts.push(total);
     // Transposed result (rows of all matrices × m): each task owns a contiguous block.
     let mut yt = vec![0f32; total * m];
-    yt.par_chunks_mut(ROWS_PER_TASK * m)
+    let rows_per_task = rows_per_task(total, k * std::mem::size_of::<W>());
+    yt.par_chunks_mut(rows_per_task * m)
         .enumerate()
         .for_each(|(task, block)| {
-            let mut row = task * ROWS_PER_TASK;
+            let first = task * rows_per_task;
+            let mut row = first;
             let end = row + block.len() / m;
-            // Warm the start of this task's block; the loop below prefetches ahead from there.
-            for r in row..(row + PREFETCH_ROWS).min(end) {
-                let mi = starts.partition_point(|&s| s <= r) - 1;
-                let local = r - starts[mi];
-                prefetch(&mats[mi].w[local * k..(local + 1) * k]);
-            }
             while row < end {
                 // Stay inside one matrix per register block.
                 let mi = starts.partition_point(|&s| s <= row) - 1;
@@ -154,18 +162,14 @@ pub fn linear_many_on<W: Weight>(
                     *r = &mat.w[(local + j) * k..(local + j + 1) * k];
                 }
                 let rows = &rows[..nw];
-                if local + nw + PREFETCH_ROWS <= mat.out {
-                    for j in 0..nw {
-                        let r = local + j + PREFETCH_ROWS;
-                        prefetch(&mat.w[r * k..(r + 1) * k]);
-                    }
-                }
-                let out = &mut block
-                    [(row - task * ROWS_PER_TASK) * m..(row - task * ROWS_PER_TASK + nw) * m];
+                let out = &mut block[(row - first) * m..(row - first + nw) * m];
                 for x0 in (0..m).step_by(BX) {
                     let nx = BX.min(m - x0);
                     let mut acc = [[0f32; BX]; BW];
-                    dot_block(path, rows, &x[x0 * k..(x0 + nx) * k], k, nx, &mut acc);
+                    // The first input block streams `W` (and prefetches ahead); the others
+                    // re-read these rows from L1.
+                    let x = &x[x0 * k..(x0 + nx) * k];
+                    dot_block(path, rows, x, k, nx, x0 == 0, &mut acc);
                     for (j, a) in acc.iter().enumerate().take(nw) {
                         out[j * m + x0..j * m + x0 + nx].copy_from_slice(&a[..nx]);
                     }
@@ -195,35 +199,37 @@ pub fn linear_many_on<W: Weight>(
         .collect()
 }
 
-/// Asks the cache hierarchy for every line of `row` (a hint; no effect on results).
-#[inline(always)]
-fn prefetch<W>(row: &[W]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let p = row.as_ptr() as *const i8;
-        let bytes = std::mem::size_of_val(row);
-        let mut off = 0;
-        while off < bytes {
-            // SAFETY: prefetch is only a hint, and the address lies within `row`.
-            unsafe { _mm_prefetch(p.add(off), _MM_HINT_T0) };
-            off += 64;
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = row;
+/// Output rows per task for a pass over `total` rows of `row_bytes` each: about
+/// [`TASKS_PER_THREAD`] tasks per thread, at most [`MAX_TASK_BYTES`] each, a multiple of the
+/// register block's [`BW`] rows (so no task ends in a partial block).
+fn rows_per_task(total: usize, row_bytes: usize) -> usize {
+    let tasks = TASKS_PER_THREAD * rayon::current_num_threads().max(1);
+    let balanced = total.div_ceil(tasks);
+    let capped = balanced.min(MAX_TASK_BYTES / row_bytes.max(1));
+    capped.div_ceil(BW).max(1) * BW
 }
 
 /// `acc[j][r] = w[j] · x[r]` for `j < w.len() (≤ 3)`, `r < nx (≤ 4)`; `x` holds `nx` rows of `k`.
-fn dot_block<W: Weight>(path: SimdPath, w: &[&[W]], x: &[f32], k: usize, nx: usize, acc: &mut Acc) {
+/// With `prefetch`, the AVX2 path also asks for the weights [`PREFETCH_BYTES`] ahead (a hint: the
+/// results do not change).
+fn dot_block<W: Weight>(
+    path: SimdPath,
+    w: &[&[W]],
+    x: &[f32],
+    k: usize,
+    nx: usize,
+    prefetch: bool,
+    acc: &mut Acc,
+) {
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `SimdPath::Avx2` is only chosen when the CPU has AVX2 and FMA (`linear_many_on` checks);
         // the block functions check the slice bounds.
-        SimdPath::Avx2 => unsafe { W::avx2_block(w, x, k, nx, acc) },
+        SimdPath::Avx2 => unsafe { W::avx2_block(w, x, k, nx, prefetch, acc) },
         #[cfg(not(target_arch = "x86_64"))]
         SimdPath::Avx2 => unreachable!("SimdPath::detect() never picks AVX2 off x86-64"),
         SimdPath::Portable => {
+            let _ = prefetch; // left to the hardware prefetchers
             for (j, wr) in w.iter().enumerate() {
                 for r in 0..nx {
                     acc[j][r] = dot_portable(wr, &x[r * k..(r + 1) * k]);
@@ -254,7 +260,7 @@ fn dot_portable<W: Weight>(w: &[W], x: &[f32]) -> f32 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Acc, Bf16, Weight};
+    use super::{Acc, Bf16, Weight, PREFETCH_BYTES};
 
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -282,7 +288,9 @@ mod avx2 {
     macro_rules! block_fn {
         ($name:ident, $t:ty, $load:ident, $nw:expr, $nx:expr) => {
             #[target_feature(enable = "avx2,fma")]
-            unsafe fn $name(w: &[&[$t]], x: &[f32], k: usize, acc: &mut Acc) {
+            unsafe fn $name<const PF: bool>(w: &[&[$t]], x: &[f32], k: usize, acc: &mut Acc) {
+                // Chunks of 8 weights per 64-byte cache line.
+                const LINE: usize = 64 / (8 * std::mem::size_of::<$t>());
                 let chunks = k / 8;
                 let xp = x.as_ptr();
                 let mut wp = [std::ptr::null::<$t>(); $nw];
@@ -291,6 +299,14 @@ mod avx2 {
                 }
                 let mut a = [[_mm256_setzero_ps(); $nx]; $nw];
                 for c in 0..chunks {
+                    if PF && c % LINE == 0 {
+                        for j in 0..$nw {
+                            // `wrapping_add`: the address may lie past the slice (a prefetch
+                            // never faults, and the pointer is never read through).
+                            let p = wp[j].add(c * 8).cast::<i8>();
+                            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES));
+                        }
+                    }
                     let mut wv = [_mm256_setzero_ps(); $nw];
                     for j in 0..$nw {
                         wv[j] = $load(wp[j].add(c * 8));
@@ -321,7 +337,14 @@ mod avx2 {
             /// # Safety
             /// The CPU must support AVX2 and FMA.
             #[target_feature(enable = "avx2,fma")]
-            pub unsafe fn $dispatch(w: &[&[$t]], x: &[f32], k: usize, nx: usize, acc: &mut Acc) {
+            pub unsafe fn $dispatch(
+                w: &[&[$t]],
+                x: &[f32],
+                k: usize,
+                nx: usize,
+                pf: bool,
+                acc: &mut Acc,
+            ) {
                 block_fn!(b11, $t, $load, 1, 1);
                 block_fn!(b12, $t, $load, 1, 2);
                 block_fn!(b13, $t, $load, 1, 3);
@@ -335,19 +358,29 @@ mod avx2 {
                 block_fn!(b33, $t, $load, 3, 3);
                 block_fn!(b34, $t, $load, 3, 4);
                 assert!(w.iter().all(|r| r.len() >= k) && x.len() >= nx * k);
+                // With or without the prefetch, as its own instance (no branch in the loop).
+                macro_rules! call {
+                    ($b:ident) => {
+                        if pf {
+                            $b::<true>(w, x, k, acc)
+                        } else {
+                            $b::<false>(w, x, k, acc)
+                        }
+                    };
+                }
                 match (w.len(), nx) {
-                    (1, 1) => b11(w, x, k, acc),
-                    (1, 2) => b12(w, x, k, acc),
-                    (1, 3) => b13(w, x, k, acc),
-                    (1, 4) => b14(w, x, k, acc),
-                    (2, 1) => b21(w, x, k, acc),
-                    (2, 2) => b22(w, x, k, acc),
-                    (2, 3) => b23(w, x, k, acc),
-                    (2, 4) => b24(w, x, k, acc),
-                    (3, 1) => b31(w, x, k, acc),
-                    (3, 2) => b32(w, x, k, acc),
-                    (3, 3) => b33(w, x, k, acc),
-                    (3, 4) => b34(w, x, k, acc),
+                    (1, 1) => call!(b11),
+                    (1, 2) => call!(b12),
+                    (1, 3) => call!(b13),
+                    (1, 4) => call!(b14),
+                    (2, 1) => call!(b21),
+                    (2, 2) => call!(b22),
+                    (2, 3) => call!(b23),
+                    (2, 4) => call!(b24),
+                    (3, 1) => call!(b31),
+                    (3, 2) => call!(b32),
+                    (3, 3) => call!(b33),
+                    (3, 4) => call!(b34),
                     _ => unreachable!("block sizes are at most 3 × 4"),
                 }
             }
