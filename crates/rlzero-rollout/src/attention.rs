@@ -1,13 +1,26 @@
 //! Decode-time attention over per-sequence KV caches (no grad): each new row attends to its
 //! own sequence's cache up to its position, `softmax(q·kᵀ/√d) v` per head.
+//!
+//! One parallel task per (row, k/v head): the `G = H / KV` query heads that share a k/v head
+//! read each key and value once. Per task, three passes:
+//! 1. scores `s[h, j] = (q_h · k_j) / √d`, each dot product as the decode kernels compute one
+//!    (8 lanes of fused multiply-adds over the head dimension in order, a fixed reduction, the
+//!    scalar tail);
+//! 2. a softmax per head (max-subtracted, in f32);
+//! 3. `o_h = Σ_j p[h, j] v_j`, each output element a chain of fused multiply-adds over `j` in
+//!    order, kept in registers 64 elements at a time.
+//!
+//! The AVX2 path and the portable one do the same operations in the same order (a test compares
+//! their bits), and no output depends on the batch or the number of threads.
 
 use rayon::prelude::*;
+use rlzero_model::simd::SimdPath;
 
+use crate::kernels::dot_portable;
 use crate::kv_cache::KvCache;
 
-/// Causal attention of each row over its sequence's cache up to (and including) its position,
-/// parallel over (row, k/v head) pairs: the `H / KV` query heads that share a k/v head read each
-/// key and value once. Each output's arithmetic is independent of the batch and the threads.
+/// Causal attention of each row over its sequence's cache up to (and including) its position.
+/// `q` is `(rows, H, d)`; row `r` belongs to sequence `row_seq[r]` at position `row_pos[r]`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
@@ -20,6 +33,7 @@ pub fn attention(
     hd: usize,
     scale: f32,
 ) -> Vec<f32> {
+    let path = SimdPath::detect();
     let group = nh / nkv;
     let mut out = vec![0f32; q.len()];
     // Chunk i = (row r, k/v head g): the `group` query heads g·group .. (g+1)·group of row r.
@@ -28,110 +42,254 @@ pub fn attention(
         .for_each(|(i, og)| {
             let (r, g) = (i / nkv, i % nkv);
             let (s, len) = (row_seq[r], row_pos[r] + 1);
-            let (keys, values) = (caches[s].keys(layer, g), caches[s].values(layer, g));
-            let qg = &q[i * group * hd..(i + 1) * group * hd];
-            let mut scores = vec![0f32; group * len];
-            for (j, kj) in keys.chunks_exact(hd).take(len).enumerate() {
-                for h in 0..group {
-                    scores[h * len + j] = simd::dot(&qg[h * hd..(h + 1) * hd], kj) * scale;
-                }
-            }
-            for h in 0..group {
-                let sc = &mut scores[h * len..(h + 1) * len];
-                let max = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                let mut z = 0f32;
-                for x in sc.iter_mut() {
-                    *x = (*x - max).exp();
-                    z += *x;
-                }
-                sc.iter_mut().for_each(|x| *x /= z);
-            }
-            for (j, vj) in values.chunks_exact(hd).take(len).enumerate() {
-                for h in 0..group {
-                    simd::axpy(scores[h * len + j], vj, &mut og[h * hd..(h + 1) * hd]);
-                }
-            }
+            let head = Head {
+                keys: &caches[s].keys(layer, g)[..len * hd],
+                values: &caches[s].values(layer, g)[..len * hd],
+                len,
+                hd,
+            };
+            head.attend(path, &q[i * group * hd..(i + 1) * group * hd], scale, og);
         });
     out
 }
 
-/// Small vector helpers: AVX2 + FMA when the CPU has them (decided once per call site by a
-/// cached CPUID check), plain Rust otherwise. The order of operations is fixed per machine.
-mod simd {
-    /// `Σ a_i b_i`.
-    #[inline]
-    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // SAFETY: features detected; lengths checked inside.
-                return unsafe { dot_avx2(a, b) };
+/// One k/v head's cache, `len` positions of `hd` values each.
+struct Head<'a> {
+    keys: &'a [f32],
+    values: &'a [f32],
+    len: usize,
+    hd: usize,
+}
+
+impl Head<'_> {
+    /// `og (G, d) = softmax(qg kᵀ · scale) v` for the `G` query heads in `qg (G, d)`; `og` starts
+    /// at zero.
+    fn attend(&self, path: SimdPath, qg: &[f32], scale: f32, og: &mut [f32]) {
+        let (len, hd) = (self.len, self.hd);
+        let group = qg.len() / hd;
+        let mut p = vec![0f32; group * len]; // (G, len)
+        self.scores(path, qg, scale, &mut p);
+        for row in p.chunks_mut(len) {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let mut z = 0f32;
+            for x in row.iter_mut() {
+                *x = (*x - max).exp();
+                z += *x;
+            }
+            row.iter_mut().for_each(|x| *x /= z);
+        }
+        self.weighted_sum(path, &p, og);
+    }
+
+    /// `p[h, j] = (q_h · k_j) · scale`.
+    fn scores(&self, path: SimdPath, qg: &[f32], scale: f32, p: &mut [f32]) {
+        match path {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `SimdPath::detect` picks AVX2 only when the CPU has AVX2 and FMA; the
+            // function checks the slice lengths.
+            SimdPath::Avx2 => unsafe { avx2::scores(qg, self.keys, self.len, self.hd, scale, p) },
+            #[cfg(not(target_arch = "x86_64"))]
+            SimdPath::Avx2 => unreachable!("SimdPath::detect() never picks AVX2 off x86-64"),
+            SimdPath::Portable => {
+                for (j, k) in self.keys.chunks_exact(self.hd).enumerate() {
+                    for (h, q) in qg.chunks_exact(self.hd).enumerate() {
+                        p[h * self.len + j] = dot_portable(q, k) * scale;
+                    }
+                }
             }
         }
-        a.iter().zip(b).map(|(x, y)| x * y).sum()
     }
 
-    /// `y += w · x`.
-    #[inline]
-    pub fn axpy(w: f32, x: &[f32], y: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // SAFETY: features detected; lengths checked inside.
-                unsafe { axpy_avx2(w, x, y) };
-                return;
+    /// `og[h] += Σ_j p[h, j] v_j`, one fused multiply-add per element and key, keys in order.
+    fn weighted_sum(&self, path: SimdPath, p: &[f32], og: &mut [f32]) {
+        match path {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in `scores`.
+            SimdPath::Avx2 => unsafe { avx2::weighted_sum(p, self.values, self.len, self.hd, og) },
+            #[cfg(not(target_arch = "x86_64"))]
+            SimdPath::Avx2 => unreachable!("SimdPath::detect() never picks AVX2 off x86-64"),
+            SimdPath::Portable => {
+                for (ph, o) in p.chunks_exact(self.len).zip(og.chunks_exact_mut(self.hd)) {
+                    for (&w, v) in ph.iter().zip(self.values.chunks_exact(self.hd)) {
+                        o.iter_mut()
+                            .zip(v)
+                            .for_each(|(o, &v)| *o = w.mul_add(v, *o));
+                    }
+                }
             }
         }
-        y.iter_mut().zip(x).for_each(|(y, x)| *y += w * x);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use crate::kernels::avx2::hsum;
+
+    /// [`super::Head::scores`] on AVX2: one dot product per (key, head), inlined, so the core
+    /// overlaps the independent FMA chains of neighbouring keys and heads.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn scores(
+        qg: &[f32],
+        keys: &[f32],
+        len: usize,
+        hd: usize,
+        scale: f32,
+        p: &mut [f32],
+    ) {
+        let group = qg.len() / hd;
+        assert!(keys.len() >= len * hd && p.len() >= group * len);
+        let chunks = hd / 8;
+        for j in 0..len {
+            let kp = keys.as_ptr().add(j * hd);
+            for h in 0..group {
+                let qp = qg.as_ptr().add(h * hd);
+                let mut acc = _mm256_setzero_ps();
+                for c in 0..chunks {
+                    let (a, b) = (
+                        _mm256_loadu_ps(qp.add(c * 8)),
+                        _mm256_loadu_ps(kp.add(c * 8)),
+                    );
+                    acc = _mm256_fmadd_ps(a, b, acc);
+                }
+                let mut t = hsum(acc);
+                for i in chunks * 8..hd {
+                    t = (*qp.add(i)).mul_add(*kp.add(i), t);
+                }
+                p[h * len + j] = t * scale;
+            }
+        }
     }
 
-    #[cfg(target_arch = "x86_64")]
+    /// [`super::Head::weighted_sum`] on AVX2: 64 outputs of a head at a time stay in eight
+    /// registers over all keys (eight independent FMA chains, enough to fill both FMA units).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-        use std::arch::x86_64::*;
-        let n = a.len().min(b.len());
-        let mut acc = _mm256_setzero_ps();
-        let mut i = 0;
-        while i + 8 <= n {
-            acc = _mm256_fmadd_ps(
-                _mm256_loadu_ps(a.as_ptr().add(i)),
-                _mm256_loadu_ps(b.as_ptr().add(i)),
-                acc,
-            );
-            i += 8;
+    pub unsafe fn weighted_sum(p: &[f32], values: &[f32], len: usize, hd: usize, og: &mut [f32]) {
+        let group = og.len() / hd;
+        assert!(values.len() >= len * hd && p.len() >= group * len);
+        let vp = values.as_ptr();
+        for h in 0..group {
+            let ph = &p[h * len..(h + 1) * len];
+            let o = og[h * hd..(h + 1) * hd].as_mut_ptr();
+            let mut c0 = 0;
+            while c0 + 64 <= hd {
+                let mut a = [_mm256_setzero_ps(); 8];
+                for (u, a) in a.iter_mut().enumerate() {
+                    *a = _mm256_loadu_ps(o.add(c0 + u * 8));
+                }
+                for (j, &w) in ph.iter().enumerate() {
+                    let w = _mm256_set1_ps(w);
+                    let v = vp.add(j * hd + c0);
+                    for (u, a) in a.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(u * 8)), *a);
+                    }
+                }
+                for (u, a) in a.iter().enumerate() {
+                    _mm256_storeu_ps(o.add(c0 + u * 8), *a);
+                }
+                c0 += 64;
+            }
+            while c0 + 8 <= hd {
+                let mut a = _mm256_loadu_ps(o.add(c0));
+                for (j, &w) in ph.iter().enumerate() {
+                    a = _mm256_fmadd_ps(_mm256_set1_ps(w), _mm256_loadu_ps(vp.add(j * hd + c0)), a);
+                }
+                _mm256_storeu_ps(o.add(c0), a);
+                c0 += 8;
+            }
+            for i in c0..hd {
+                let mut a = *o.add(i);
+                for (j, &w) in ph.iter().enumerate() {
+                    a = w.mul_add(*vp.add(j * hd + i), a);
+                }
+                *o.add(i) = a;
+            }
         }
-        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        let s2 = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let mut t = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
-        while i < n {
-            t = a[i].mul_add(b[i], t);
-            i += 1;
-        }
-        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn axpy_avx2(w: f32, x: &[f32], y: &mut [f32]) {
-        use std::arch::x86_64::*;
-        let n = x.len().min(y.len());
-        let wv = _mm256_set1_ps(w);
-        let mut i = 0;
-        while i + 8 <= n {
-            let yp = y.as_mut_ptr().add(i);
-            _mm256_storeu_ps(
-                yp,
-                _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(yp)),
-            );
-            i += 8;
+    /// The attention in f64, from the definition.
+    fn naive(q: &[f32], k: &[f32], v: &[f32], len: usize, hd: usize, scale: f32) -> Vec<f64> {
+        let group = q.len() / hd;
+        let mut out = vec![0f64; group * hd];
+        for h in 0..group {
+            let s: Vec<f64> = (0..len)
+                .map(|j| {
+                    (0..hd)
+                        .map(|i| q[h * hd + i] as f64 * k[j * hd + i] as f64)
+                        .sum::<f64>()
+                        * scale as f64
+                })
+                .collect();
+            let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = s.iter().map(|x| (x - max).exp()).sum();
+            for j in 0..len {
+                let pj = (s[j] - max).exp() / z;
+                for i in 0..hd {
+                    out[h * hd + i] += pj * v[j * hd + i] as f64;
+                }
+            }
         }
-        while i < n {
-            y[i] = w.mul_add(x[i], y[i]);
-            i += 1;
+        out
+    }
+
+    /// Head sizes with and without a 64-wide block, an 8-wide step and a scalar tail; both
+    /// paths this CPU runs give the same bits, and both match the definition.
+    #[test]
+    fn every_path_agrees_bit_for_bit_and_with_the_definition() {
+        let paths: Vec<SimdPath> = [SimdPath::Avx2, SimdPath::Portable]
+            .into_iter()
+            .filter(|p| p.available())
+            .collect();
+        for (group, len, hd) in [(3, 1, 64), (3, 37, 64), (1, 5, 128), (2, 9, 80), (4, 3, 13)] {
+            let (keys, values) = (data(len * hd, 1), data(len * hd, 2));
+            let q = data(group * hd, 3);
+            let head = Head {
+                keys: &keys,
+                values: &values,
+                len,
+                hd,
+            };
+            let scale = 1.0 / (hd as f32).sqrt();
+            let run = |path| {
+                let mut og = vec![0f32; group * hd];
+                head.attend(path, &q, scale, &mut og);
+                og
+            };
+            let reference = run(SimdPath::Portable);
+            for &path in &paths {
+                let got = run(path);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&got),
+                    bits(&reference),
+                    "{path:?} ({group},{len},{hd})"
+                );
+            }
+            let want = naive(&q, &keys, &values, len, hd, scale);
+            for (i, (&g, &w)) in reference.iter().zip(&want).enumerate() {
+                assert!(
+                    (g as f64 - w).abs() < 1e-5,
+                    "({group},{len},{hd})[{i}]: {g} vs {w}"
+                );
+            }
         }
     }
 }

@@ -241,7 +241,7 @@ fn dot_block<W: Weight>(
 
 /// The AVX2 path's arithmetic in plain Rust: 8 lanes of fused multiply-adds over `k` in order, a
 /// fixed reduction, then the tail.
-fn dot_portable<W: Weight>(w: &[W], x: &[f32]) -> f32 {
+pub(crate) fn dot_portable<W: Weight>(w: &[W], x: &[f32]) -> f32 {
     let chunks = w.len() / 8;
     let mut a = [0f32; 8];
     for c in 0..chunks {
@@ -257,13 +257,13 @@ fn dot_portable<W: Weight>(w: &[W], x: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{Acc, Bf16, Weight, PREFETCH_BYTES};
 
     #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
+    pub(crate) unsafe fn hsum(v: __m256) -> f32 {
         // ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)), a fixed order.
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s2 = _mm_add_ps(s, _mm_movehl_ps(s, s));
