@@ -141,15 +141,14 @@ pub fn linear_many_on<W: Weight>(
         total += mat.out;
     }
     starts.push(total);
-    // Transposed result (rows of all matrices × m): each task owns a contiguous block.
-    let mut yt = vec![0f32; total * m];
+    let mut ys: Vec<Vec<f32>> = mats.iter().map(|mat| vec![0f32; m * mat.out]).collect();
+    let outs = Outputs::new(&mut ys, m);
     let rows_per_task = rows_per_task(total, k * std::mem::size_of::<W>());
-    yt.par_chunks_mut(rows_per_task * m)
-        .enumerate()
-        .for_each(|(task, block)| {
-            let first = task * rows_per_task;
-            let mut row = first;
-            let end = row + block.len() / m;
+    (0..total.div_ceil(rows_per_task))
+        .into_par_iter()
+        .for_each(|task| {
+            let mut row = task * rows_per_task;
+            let end = (row + rows_per_task).min(total);
             while row < end {
                 // Stay inside one matrix per register block.
                 let mi = starts.partition_point(|&s| s <= row) - 1;
@@ -162,7 +161,6 @@ pub fn linear_many_on<W: Weight>(
                     *r = &mat.w[(local + j) * k..(local + j + 1) * k];
                 }
                 let rows = &rows[..nw];
-                let out = &mut block[(row - first) * m..(row - first + nw) * m];
                 for x0 in (0..m).step_by(BX) {
                     let nx = BX.min(m - x0);
                     let mut acc = [[0f32; BX]; BW];
@@ -171,32 +169,53 @@ pub fn linear_many_on<W: Weight>(
                     let x = &x[x0 * k..(x0 + nx) * k];
                     dot_block(path, rows, x, k, nx, x0 == 0, &mut acc);
                     for (j, a) in acc.iter().enumerate().take(nw) {
-                        out[j * m + x0..j * m + x0 + nx].copy_from_slice(&a[..nx]);
-                    }
-                }
-                if let Some(b) = mat.bias {
-                    for j in 0..nw {
-                        out[j * m..(j + 1) * m]
-                            .iter_mut()
-                            .for_each(|v| *v += b[local + j]);
+                        for (r, &v) in a[..nx].iter().enumerate() {
+                            let v = match mat.bias {
+                                Some(b) => v + b[local + j],
+                                None => v,
+                            };
+                            // SAFETY: output row `local + j` of matrix `mi` lies in this task's
+                            // rows `row..end`, which no other task touches.
+                            unsafe { outs.set(mi, x0 + r, local + j, v) };
+                        }
                     }
                 }
                 row += nw;
             }
         });
-    mats.iter()
-        .enumerate()
-        .map(|(mi, mat)| {
-            let mut y = vec![0f32; m * mat.out];
-            for oi in 0..mat.out {
-                let col = &yt[(starts[mi] + oi) * m..(starts[mi] + oi + 1) * m];
-                for (mr, v) in col.iter().enumerate() {
-                    y[mr * mat.out + oi] = *v;
-                }
-            }
-            y
-        })
-        .collect()
+    ys
+}
+
+/// The results `y_i (m × out_i)`, written in place by the parallel tasks. Each task computes a
+/// disjoint range of output rows (columns of `y_i`), so every element has exactly one writer;
+/// writing them in place avoids a transposed buffer and a serial transposition afterwards.
+struct Outputs {
+    ys: Vec<(*mut f32, usize)>,
+    m: usize,
+}
+
+// SAFETY: the pointers are only written through `set`, whose callers write disjoint elements.
+unsafe impl Sync for Outputs {}
+
+impl Outputs {
+    fn new(ys: &mut [Vec<f32>], m: usize) -> Self {
+        let ys = ys
+            .iter_mut()
+            .map(|y| (y.as_mut_ptr(), y.len() / m.max(1)))
+            .collect();
+        Self { ys, m }
+    }
+
+    /// `y_mi[r, o] = v`.
+    ///
+    /// # Safety
+    /// No other thread reads or writes `y_mi[r, o]` while the tasks run.
+    #[inline(always)]
+    unsafe fn set(&self, mi: usize, r: usize, o: usize, v: f32) {
+        let (p, out) = self.ys[mi];
+        assert!(r < self.m && o < out, "output index out of range");
+        *p.add(r * out + o) = v;
+    }
 }
 
 /// Output rows per task for a pass over `total` rows of `row_bytes` each: about
