@@ -6,7 +6,7 @@
 //! 1. scores `s[h, j] = (q_h · k_j) / √d`, each dot product as the decode kernels compute one
 //!    (8 lanes of fused multiply-adds over the head dimension in order, a fixed reduction, the
 //!    scalar tail);
-//! 2. a softmax per head (max-subtracted, in f32);
+//! 2. a softmax per head (max-subtracted, in f32, with the trainer's [`exp_f32`]);
 //! 3. `o_h = Σ_j p[h, j] v_j`, each output element a chain of fused multiply-adds over `j` in
 //!    order, kept in registers 64 elements at a time.
 //!
@@ -14,6 +14,7 @@
 //! their bits), and no output depends on the batch or the number of threads.
 
 use rayon::prelude::*;
+use rlzero_model::fused::exp_f32;
 use rlzero_model::simd::SimdPath;
 
 use crate::kernels::dot_portable;
@@ -73,7 +74,7 @@ impl Head<'_> {
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
             let mut z = 0f32;
             for x in row.iter_mut() {
-                *x = (*x - max).exp();
+                *x = exp_f32(*x - max); // the trainer's softmax exp, and vectorisable
                 z += *x;
             }
             row.iter_mut().for_each(|x| *x /= z);

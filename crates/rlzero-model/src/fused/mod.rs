@@ -66,12 +66,14 @@ impl Real for f64 {
 }
 
 /// `eˣ` for f32 within 2 ulp of libm's on [−87, 88] (checked in a test), branch-free so that loops over
-/// slices vectorise (libm's `expf` is a scalar call). Cephes' `expf` scheme: `x = n·ln 2 + r`
+/// slices vectorise (libm's `expf` is a scalar call). The fused training kernels use it, and so
+/// does the rollout's decode path, so the sampler computes the same SiLU and softmax as the
+/// trainer. Cephes' `expf` scheme: `x = n·ln 2 + r`
 /// with `|r| ≤ ln 2 / 2` (ln 2 split in two for an exact `n·ln 2`), a degree-6 polynomial
 /// for `eʳ`, and `2ⁿ` put into the exponent bits. Below −87.3 (where f32 goes subnormal) the
 /// result is 0, so `−∞` (a masked score) gives exactly 0; above 88.7 it is `+∞`; NaN stays NaN.
 #[inline(always)]
-pub(crate) fn exp_f32(x: f32) -> f32 {
+pub fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
