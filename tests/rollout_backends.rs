@@ -215,3 +215,42 @@ fn bf16_weight_rollout_is_the_f32_rollout_of_the_rounded_model() {
         );
     }
 }
+
+/// The fast backend keeps the pool's other threads awake during a decode step; the result must
+/// not depend on the pool (1 or 3 threads) or on being called from inside a pool's own parallel
+/// loop (where the step runs on a worker and the other workers may be busy).
+#[test]
+fn fast_rollouts_are_the_same_in_any_pool_and_nested() {
+    let m = tiny(common::TINY[0]);
+    let p = SamplingParams {
+        temperature: 0.7,
+        max_new_tokens: 40,
+        seed: 5,
+        ..Default::default()
+    };
+    let reference = run(&m, RolloutBackend::FastCpu, &p);
+    let same = |out: &[Completion]| {
+        assert_eq!(out.len(), reference.len());
+        for (a, b) in out.iter().zip(&reference) {
+            assert_eq!(a.token_ids, b.token_ids);
+            let bits = |c: &Completion| c.logprobs.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(a), bits(b));
+        }
+    };
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        same(&pool.install(|| run(&m, RolloutBackend::FastCpu, &p)));
+        // Two rollouts at once from inside the pool's own parallel loop.
+        use rayon::prelude::*;
+        let outs: Vec<Vec<Completion>> = pool.install(|| {
+            (0..2)
+                .into_par_iter()
+                .map(|_| run(&m, RolloutBackend::FastCpu, &p))
+                .collect()
+        });
+        outs.iter().for_each(|o| same(o));
+    }
+}

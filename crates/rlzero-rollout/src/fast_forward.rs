@@ -7,6 +7,7 @@
 //! of all sequences go through the linear maps together (see [`crate::kernels`]); attention runs
 //! per row over that row's own cache.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::{DType, Layout, Storage, StorageRef, Tensor};
@@ -482,6 +483,24 @@ fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], heads: usize, dim: usize) {
     }
 }
 
+/// Keeps a pool thread taking the step's parallel tasks the moment they appear, until `done`.
+///
+/// Between two parallel passes the step runs a few tens of microseconds of serial code; an idle
+/// rayon worker goes to sleep after about as long, and waking it costs more again (about 150
+/// hand-offs a step). This loop steals work through `rayon::yield_now` and spins while there is
+/// none, as decode loops commonly do. On the step's own thread (`step_thread`) it returns at once:
+/// there it would sit on top of the suspended step and never see `done`.
+fn stay_awake(done: &AtomicBool, step_thread: Option<usize>) {
+    if rayon::current_thread_index() == step_thread {
+        return;
+    }
+    while !done.load(Ordering::Acquire) {
+        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 impl StepModel for FastDecoder<'_> {
     type Cache = KvCache;
 
@@ -501,12 +520,19 @@ impl StepModel for FastDecoder<'_> {
         tokens: &[&[u32]],
         prof: &mut StepProfile,
     ) -> Result<Vec<f32>> {
-        // On a pool thread: each linear map's parallel pass then wakes one sleeping worker at
-        // most, instead of the calling thread handing every pass to the pool and sleeping on it
-        // (about 120 hand-offs a step for SmolLM2; `perf stat` counted 3–5× fewer context
-        // switches over `rollout_bench`).
-        Ok(rayon::scope(|_| {
-            FastDecoder::step(self, caches, tokens, prof)
+        // On a pool thread, with the other pool threads kept awake (`stay_awake`) for the step's
+        // ~150 parallel passes, instead of the calling thread handing every pass to the pool
+        // and sleeping on it.
+        let done = AtomicBool::new(false);
+        let done = &done;
+        Ok(rayon::scope(|scope| {
+            let me = rayon::current_thread_index();
+            for _ in 1..rayon::current_num_threads() {
+                scope.spawn(move |_| stay_awake(done, me));
+            }
+            let logits = FastDecoder::step(self, caches, tokens, prof);
+            done.store(true, Ordering::Release);
+            logits
         }))
     }
 }
