@@ -10,9 +10,19 @@
 //! every ratio (TRL issues #4159, #6789). The price is that with heavy truncation the samples
 //! are off-policy for the untruncated policy; keep the filters off (the defaults) for on-policy
 //! GRPO.
+//!
+//! **Arithmetic.** The weights `exp(x/T − max/T)` are f32, from the trainer's vectorised
+//! [`exp_f32`] (libm's f64 `exp`, one scalar call per vocabulary entry, was most of a decode
+//! step's sampling time); every sum over them is f64, in a fixed order, so the log-normaliser
+//! and the draw are as exact as before to well below the trainer's own f32 rounding.
+
+use rlzero_model::fused::exp_f32;
 
 use crate::params::SamplingParams;
 use crate::rng::SampleRng;
+
+/// Weights summed per block when the draw looks for the block its uniform falls in.
+const DRAW_BLOCK: usize = 64;
 
 /// Samples a token from `logits` (one row, raw model output).
 ///
@@ -30,19 +40,17 @@ pub fn sample(
     rng: &mut SampleRng,
 ) -> (u32, f32) {
     let u = rng.uniform();
-    let inv_t = 1.0 / p.temperature;
+    let inv_t = (1.0 / p.temperature) as f32;
     // One pass gives both the trainer's log-normaliser and, unless a penalty rewrites the
-    // scores, the sampling weights: w_i = exp(x_i / T − max).
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64 * inv_t;
-    let mut w: Vec<f64> = logits
-        .iter()
-        .map(|&x| (x as f64 * inv_t - max).exp())
-        .collect();
-    let lse = w.iter().sum::<f64>().ln();
-    let logprob = |tok: usize| (logits[tok] as f64 * inv_t - max - lse) as f32;
+    // scores, the sampling weights: w_i = exp((x_i − max) / T).
+    let max = max_f32(logits);
+    let mut w = weights(logits, max, inv_t);
+    let lse = sum_f64(&w).ln();
+    let logprob = |tok: usize| (((logits[tok] - max) * inv_t) as f64 - lse) as f32;
 
     // Processed scores: the penalty on raw logits, then temperature; then the EOS ban.
-    if p.repetition_penalty != 1.0 {
+    let penalised;
+    let scores = if p.repetition_penalty != 1.0 {
         let pen = p.repetition_penalty as f32;
         let mut s: Vec<f32> = logits.to_vec();
         let mut seen = vec![false; s.len()];
@@ -53,8 +61,29 @@ pub fn sample(
                 s[c] = if s[c] > 0.0 { s[c] / pen } else { s[c] * pen };
             }
         }
-        let smax = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64 * inv_t;
-        w = s.iter().map(|&x| (x as f64 * inv_t - smax).exp()).collect();
+        w = weights(&s, max_f32(&s), inv_t);
+        penalised = s;
+        &penalised[..]
+    } else {
+        logits
+    };
+    let banned = |i: usize| n_generated < p.min_new_tokens && p.eos_token_ids.contains(&(i as u32));
+    if p.greedy {
+        // The first maximum of the processed scores wins ties, like torch.argmax (on the
+        // scores, not the weights, whose f32 rounding could tie two distinct scores).
+        let tok = scores
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| !banned(i))
+            .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                if v > bv {
+                    (i, v)
+                } else {
+                    (bi, bv)
+                }
+            })
+            .0;
+        return (tok as u32, logprob(tok));
     }
     if n_generated < p.min_new_tokens {
         for &e in &p.eos_token_ids {
@@ -62,19 +91,6 @@ pub fn sample(
                 *x = 0.0;
             }
         }
-    }
-    if p.greedy {
-        // exp is monotone, so the largest weight is the largest processed score; the first
-        // maximum wins ties, like torch.argmax.
-        let tok = w
-            .iter()
-            .enumerate()
-            .fold(
-                (0usize, -1.0f64),
-                |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) },
-            )
-            .0;
-        return (tok as u32, logprob(tok));
     }
     if let Some(k) = p.top_k {
         if k < w.len() {
@@ -89,30 +105,75 @@ pub fn sample(
         nucleus(&mut w, p.top_p);
     }
     if p.min_p > 0.0 {
-        let wmax = w.iter().fold(0.0f64, |m, &x| m.max(x));
-        let cut = p.min_p * wmax;
+        let wmax = w.iter().fold(0.0f32, |m, &x| m.max(x));
+        let cut = (p.min_p * wmax as f64) as f32;
         w.iter_mut().filter(|x| **x < cut).for_each(|x| *x = 0.0);
     }
     // Inverse-CDF draw in token-id order: deterministic given u.
-    let total: f64 = w.iter().sum();
-    let target = u * total;
-    let mut acc = 0.0;
-    let mut last_nonzero = 0;
-    for (i, &x) in w.iter().enumerate() {
-        if x > 0.0 {
-            acc += x;
-            last_nonzero = i;
-            if acc > target {
-                return (i as u32, logprob(i));
+    let tok = draw(&w, u * sum_f64(&w));
+    (tok as u32, logprob(tok))
+}
+
+/// The largest value (NaNs ignored), 8 lanes at a time so the loop vectorises.
+fn max_f32(x: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            m[l] = m[l].max(c[l]);
+        }
+    }
+    rest.iter()
+        .chain(&m)
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+}
+
+/// `exp((x_i − max) · inv_t)` for every score.
+fn weights(scores: &[f32], max: f32, inv_t: f32) -> Vec<f32> {
+    scores.iter().map(|&x| exp_f32((x - max) * inv_t)).collect()
+}
+
+/// The f64 sum of `w` in a fixed order: 8 lane sums, a fixed reduction, then the tail.
+fn sum_f64(w: &[f32]) -> f64 {
+    let mut a = [0f64; 8];
+    let chunks = w.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            a[l] += c[l] as f64;
+        }
+    }
+    let s = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+    rest.iter().fold(s, |s, &x| s + x as f64)
+}
+
+/// The first token whose running sum of weights passes `target`: whole blocks are skipped on
+/// their sums, the block the target falls in is walked token by token. If rounding leaves the
+/// target unreached, the last token with a nonzero weight.
+fn draw(w: &[f32], target: f64) -> usize {
+    let mut acc = 0.0f64;
+    for (b, block) in w.chunks(DRAW_BLOCK).enumerate() {
+        let mass = sum_f64(block);
+        if acc + mass <= target {
+            acc += mass;
+            continue;
+        }
+        for (i, &x) in block.iter().enumerate() {
+            if x > 0.0 {
+                acc += x as f64;
+                if acc > target {
+                    return b * DRAW_BLOCK + i;
+                }
             }
         }
     }
-    (last_nonzero as u32, logprob(last_nonzero))
+    w.iter().rposition(|&x| x > 0.0).unwrap_or(0)
 }
 
 /// Zeroes every weight outside the smallest top set whose mass reaches `top_p` of the total.
-fn nucleus(w: &mut [f64], top_p: f64) {
-    let total: f64 = w.iter().sum();
+fn nucleus(w: &mut [f32], top_p: f64) {
+    let total = sum_f64(w);
     let need = top_p * total;
     // Most nuclei are small: try the top 256 before sorting the whole vocabulary.
     let mut idx: Vec<usize> = (0..w.len()).filter(|&i| w[i] > 0.0).collect();
@@ -122,14 +183,14 @@ fn nucleus(w: &mut [f64], top_p: f64) {
         idx.select_nth_unstable_by(head - 1, by_weight);
     }
     idx[..head].sort_unstable_by(by_weight);
-    let mass: f64 = idx[..head].iter().map(|&i| w[i]).sum();
+    let mass: f64 = idx[..head].iter().map(|&i| w[i] as f64).sum();
     if mass < need {
         idx.sort_unstable_by(by_weight);
     }
     let mut acc = 0.0;
     let mut keep = idx.len();
     for (n, &i) in idx.iter().enumerate() {
-        acc += w[i];
+        acc += w[i] as f64;
         if acc >= need {
             keep = n + 1;
             break;
@@ -231,6 +292,39 @@ mod tests {
             sample(&logits, &p, &[], 2, &mut SampleRng::new(0, 0, 0, 0)).0,
             0
         );
+    }
+
+    /// Skipping blocks on their sums picks the token a token-by-token scan picks (integer
+    /// weights, so every sum is exact and no rounding edge hides a difference).
+    #[test]
+    fn the_blocked_draw_equals_a_token_by_token_scan() {
+        let w: Vec<f32> = (0..1000u32)
+            .map(|i| {
+                if i % 7 == 3 {
+                    0.0
+                } else {
+                    ((i * 31) % 11) as f32
+                }
+            })
+            .collect();
+        let scan = |target: f64| {
+            let mut acc = 0.0;
+            w.iter().position(|&x| {
+                acc += x as f64;
+                acc > target
+            })
+        };
+        let total = sum_f64(&w);
+        assert_eq!(total, w.iter().map(|&x| x as f64).sum::<f64>());
+        for t in 0..total as u32 {
+            let target = t as f64 + 0.5;
+            assert_eq!(Some(draw(&w, target)), scan(target), "target {target}");
+        }
+        // Past the end (rounding): the last token with weight.
+        assert_eq!(draw(&w, total), w.iter().rposition(|&x| x > 0.0).unwrap());
+        assert_eq!(max_f32(&[1.0, f32::NAN, 3.0, -2.0]), 3.0);
+        let long: Vec<f32> = (0..37).map(|i| (i as f32 - 20.0).abs()).collect();
+        assert_eq!(max_f32(&long), 20.0);
     }
 
     #[test]
