@@ -11,8 +11,13 @@
 //! cache line [`PREFETCH_BYTES`] ahead of the one it reads, one line per 64 bytes consumed: a
 //! steady number of DRAM requests in flight. (Asking for whole rows a few rows ahead, in bursts,
 //! filled the core's miss buffers and stalled it: 12–14 GB/s on a 2-core AVX2 host whose
-//! `memory_bandwidth` reads 25.8; this way, 17–21 GB/s.) Each thread gets about two large
-//! contiguous tasks per matrix, so the streams run long and the threads finish together.
+//! `memory_bandwidth` reads 25.8; this way, 17–21 GB/s.) At 8 rows a block of weight rows is
+//! read twice, once per 4 input rows, the second time from L1; both passes prefetch. (When only
+//! the first did, no requests went out during the second, and on that host a SmolLM2-sized
+//! pass took ~10 % longer in 8 of 10 alternating pairs: one core alone streams 11 GB/s of the
+//! 19 both reach, so a core that pauses its requests loses bandwidth it cannot make up.) Each
+//! thread gets about two large contiguous tasks per matrix, so the streams run long and the
+//! threads finish together.
 //!
 //! **Determinism.** Each output `y[m, o]` is one dot product accumulated in the same order
 //! whatever the block it falls in, the number of rows or the number of threads (8-lane partial
@@ -59,7 +64,7 @@ pub trait Weight: Copy + Send + Sync + 'static {
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn avx2_block(w: &[&[Self]], x: &[f32], k: usize, nx: usize, pf: bool, acc: &mut Acc);
+    unsafe fn avx2_block(w: &[&[Self]], x: &[f32], k: usize, nx: usize, acc: &mut Acc);
 }
 
 impl Weight for f32 {
@@ -68,8 +73,8 @@ impl Weight for f32 {
         self
     }
     #[cfg(target_arch = "x86_64")]
-    unsafe fn avx2_block(w: &[&[f32]], x: &[f32], k: usize, nx: usize, pf: bool, acc: &mut Acc) {
-        avx2::block_f32(w, x, k, nx, pf, acc)
+    unsafe fn avx2_block(w: &[&[f32]], x: &[f32], k: usize, nx: usize, acc: &mut Acc) {
+        avx2::block_f32(w, x, k, nx, acc)
     }
 }
 
@@ -79,8 +84,8 @@ impl Weight for Bf16 {
         half::bf16::to_f32(self) // exact: the bits shifted into the upper half
     }
     #[cfg(target_arch = "x86_64")]
-    unsafe fn avx2_block(w: &[&[Bf16]], x: &[f32], k: usize, nx: usize, pf: bool, acc: &mut Acc) {
-        avx2::block_bf16(w, x, k, nx, pf, acc)
+    unsafe fn avx2_block(w: &[&[Bf16]], x: &[f32], k: usize, nx: usize, acc: &mut Acc) {
+        avx2::block_bf16(w, x, k, nx, acc)
     }
 }
 
@@ -164,10 +169,10 @@ pub fn linear_many_on<W: Weight>(
                 for x0 in (0..m).step_by(BX) {
                     let nx = BX.min(m - x0);
                     let mut acc = [[0f32; BX]; BW];
-                    // The first input block streams `W` (and prefetches ahead); the others
-                    // re-read these rows from L1.
+                    // The first input block streams `W`; the others re-read these rows from L1.
+                    // Every block prefetches ahead (see the module docs).
                     let x = &x[x0 * k..(x0 + nx) * k];
-                    dot_block(path, rows, x, k, nx, x0 == 0, &mut acc);
+                    dot_block(path, rows, x, k, nx, &mut acc);
                     for (j, a) in acc.iter().enumerate().take(nw) {
                         for (r, &v) in a[..nx].iter().enumerate() {
                             let v = match mat.bias {
@@ -229,26 +234,18 @@ fn rows_per_task(total: usize, row_bytes: usize) -> usize {
 }
 
 /// `acc[j][r] = w[j] · x[r]` for `j < w.len() (≤ 3)`, `r < nx (≤ 4)`; `x` holds `nx` rows of `k`.
-/// With `prefetch`, the AVX2 path also asks for the weights [`PREFETCH_BYTES`] ahead (a hint: the
-/// results do not change).
-fn dot_block<W: Weight>(
-    path: SimdPath,
-    w: &[&[W]],
-    x: &[f32],
-    k: usize,
-    nx: usize,
-    prefetch: bool,
-    acc: &mut Acc,
-) {
+/// The AVX2 path also asks for the weights [`PREFETCH_BYTES`] ahead (a hint: the results do not
+/// change).
+fn dot_block<W: Weight>(path: SimdPath, w: &[&[W]], x: &[f32], k: usize, nx: usize, acc: &mut Acc) {
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `SimdPath::Avx2` is only chosen when the CPU has AVX2 and FMA (`linear_many_on` checks);
         // the block functions check the slice bounds.
-        SimdPath::Avx2 => unsafe { W::avx2_block(w, x, k, nx, prefetch, acc) },
+        SimdPath::Avx2 => unsafe { W::avx2_block(w, x, k, nx, acc) },
         #[cfg(not(target_arch = "x86_64"))]
         SimdPath::Avx2 => unreachable!("SimdPath::detect() never picks AVX2 off x86-64"),
         SimdPath::Portable => {
-            let _ = prefetch; // left to the hardware prefetchers
+            // Prefetching is left to the hardware prefetchers.
             for (j, wr) in w.iter().enumerate() {
                 for r in 0..nx {
                     acc[j][r] = dot_portable(wr, &x[r * k..(r + 1) * k]);

@@ -33,7 +33,7 @@ unsafe fn load_bf16(p: *const Bf16) -> __m256 {
 macro_rules! block_fn {
     ($name:ident, $t:ty, $load:ident, $nw:expr, $nx:expr) => {
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn $name<const PF: bool>(w: &[&[$t]], x: &[f32], k: usize, acc: &mut Acc) {
+        unsafe fn $name(w: &[&[$t]], x: &[f32], k: usize, acc: &mut Acc) {
             // Chunks of 8 weights per 64-byte cache line.
             const LINE: usize = 64 / (8 * std::mem::size_of::<$t>());
             let chunks = k / 8;
@@ -44,7 +44,7 @@ macro_rules! block_fn {
             }
             let mut a = [[_mm256_setzero_ps(); $nx]; $nw];
             for c in 0..chunks {
-                if PF && c % LINE == 0 {
+                if c % LINE == 0 {
                     for j in 0..$nw {
                         // `wrapping_add`: the address may lie past the slice (a prefetch
                         // never faults, and the pointer is never read through).
@@ -82,14 +82,7 @@ macro_rules! blocks {
         /// # Safety
         /// The CPU must support AVX2 and FMA.
         #[target_feature(enable = "avx2,fma")]
-        pub unsafe fn $dispatch(
-            w: &[&[$t]],
-            x: &[f32],
-            k: usize,
-            nx: usize,
-            pf: bool,
-            acc: &mut Acc,
-        ) {
+        pub unsafe fn $dispatch(w: &[&[$t]], x: &[f32], k: usize, nx: usize, acc: &mut Acc) {
             block_fn!(b11, $t, $load, 1, 1);
             block_fn!(b12, $t, $load, 1, 2);
             block_fn!(b13, $t, $load, 1, 3);
@@ -103,29 +96,19 @@ macro_rules! blocks {
             block_fn!(b33, $t, $load, 3, 3);
             block_fn!(b34, $t, $load, 3, 4);
             assert!(w.iter().all(|r| r.len() >= k) && x.len() >= nx * k);
-            // With or without the prefetch, as its own instance (no branch in the loop).
-            macro_rules! call {
-                ($b:ident) => {
-                    if pf {
-                        $b::<true>(w, x, k, acc)
-                    } else {
-                        $b::<false>(w, x, k, acc)
-                    }
-                };
-            }
             match (w.len(), nx) {
-                (1, 1) => call!(b11),
-                (1, 2) => call!(b12),
-                (1, 3) => call!(b13),
-                (1, 4) => call!(b14),
-                (2, 1) => call!(b21),
-                (2, 2) => call!(b22),
-                (2, 3) => call!(b23),
-                (2, 4) => call!(b24),
-                (3, 1) => call!(b31),
-                (3, 2) => call!(b32),
-                (3, 3) => call!(b33),
-                (3, 4) => call!(b34),
+                (1, 1) => b11(w, x, k, acc),
+                (1, 2) => b12(w, x, k, acc),
+                (1, 3) => b13(w, x, k, acc),
+                (1, 4) => b14(w, x, k, acc),
+                (2, 1) => b21(w, x, k, acc),
+                (2, 2) => b22(w, x, k, acc),
+                (2, 3) => b23(w, x, k, acc),
+                (2, 4) => b24(w, x, k, acc),
+                (3, 1) => b31(w, x, k, acc),
+                (3, 2) => b32(w, x, k, acc),
+                (3, 3) => b33(w, x, k, acc),
+                (3, 4) => b34(w, x, k, acc),
                 _ => unreachable!("block sizes are at most 3 × 4"),
             }
         }
