@@ -192,6 +192,14 @@ fn bad_requests_are_typed_errors() {
             "temperature",
         ),
         (
+            // 1/T overflows f32, where the sampler and trainer scale the logits.
+            SamplingParams {
+                temperature: 1e-40,
+                ..ok.clone()
+            },
+            "temperature",
+        ),
+        (
             SamplingParams {
                 top_p: 0.0,
                 ..ok.clone()

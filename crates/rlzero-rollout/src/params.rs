@@ -66,11 +66,15 @@ impl SamplingParams {
                 reason,
             })
         };
-        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+        // The sampler and the trainer scale logits by 1/T in f32: it must be finite there.
+        if !(self.temperature.is_finite()
+            && self.temperature > 0.0
+            && ((1.0 / self.temperature) as f32).is_finite())
+        {
             return bad(
                 "temperature",
                 self.temperature.to_string(),
-                "must be finite and > 0 (use `greedy` for arg-max)",
+                "must be finite and > 0, with 1/T finite in f32 (T ≥ 3e-39; use `greedy` for arg-max)",
             );
         }
         if self.top_k == Some(0) {

@@ -11,7 +11,7 @@
 //! are off-policy for the untruncated policy; keep the filters off (the defaults) for on-policy
 //! GRPO.
 //!
-//! **Arithmetic.** The weights `exp(x/T − max/T)` are f32, from the trainer's vectorised
+//! **Arithmetic.** The weights `exp((x − max) / T)` are f32, from the trainer's vectorised
 //! [`exp_f32`] (libm's f64 `exp`, one scalar call per vocabulary entry, was most of a decode
 //! step's sampling time); every sum over them is f64, in a fixed order, so the log-normaliser
 //! and the draw are as exact as before to well below the trainer's own f32 rounding.
@@ -41,40 +41,50 @@ pub fn sample(
 ) -> (u32, f32) {
     let u = rng.uniform();
     let inv_t = (1.0 / p.temperature) as f32;
-    // One pass gives both the trainer's log-normaliser and, unless a penalty rewrites the
-    // scores, the sampling weights: w_i = exp((x_i − max) / T).
+    // One pass gives both the trainer's log-normaliser and, unless the scores are processed,
+    // the sampling weights: w_i = exp((x_i − max) / T).
     let max = max_f32(logits);
     let mut w = weights(logits, max, inv_t);
     let lse = sum_f64(&w).ln();
     let logprob = |tok: usize| (((logits[tok] - max) * inv_t) as f64 - lse) as f32;
 
-    // Processed scores: the penalty on raw logits, then temperature; then the EOS ban.
-    let penalised;
-    let scores = if p.repetition_penalty != 1.0 {
-        let pen = p.repetition_penalty as f32;
+    // Processed scores: the penalty on raw logits, the EOS ban as −∞ (as transformers' logits
+    // processors), then temperature. The weights are taken relative to the processed maximum:
+    // f32's exp is 0 below −87.3, so a banned EOS far above the rest must not be the reference.
+    let ban = n_generated < p.min_new_tokens && !p.eos_token_ids.is_empty();
+    let processed;
+    let scores = if p.repetition_penalty != 1.0 || ban {
         let mut s: Vec<f32> = logits.to_vec();
-        let mut seen = vec![false; s.len()];
-        for &c in context {
-            let c = c as usize;
-            if c < s.len() && !seen[c] {
-                seen[c] = true;
-                s[c] = if s[c] > 0.0 { s[c] / pen } else { s[c] * pen };
+        if p.repetition_penalty != 1.0 {
+            let pen = p.repetition_penalty as f32;
+            let mut seen = vec![false; s.len()];
+            for &c in context {
+                let c = c as usize;
+                if c < s.len() && !seen[c] {
+                    seen[c] = true;
+                    s[c] = if s[c] > 0.0 { s[c] / pen } else { s[c] * pen };
+                }
+            }
+        }
+        if ban {
+            for &e in &p.eos_token_ids {
+                if let Some(x) = s.get_mut(e as usize) {
+                    *x = f32::NEG_INFINITY;
+                }
             }
         }
         w = weights(&s, max_f32(&s), inv_t);
-        penalised = s;
-        &penalised[..]
+        processed = s;
+        &processed[..]
     } else {
         logits
     };
-    let banned = |i: usize| n_generated < p.min_new_tokens && p.eos_token_ids.contains(&(i as u32));
     if p.greedy {
         // The first maximum of the processed scores wins ties, like torch.argmax (on the
         // scores, not the weights, whose f32 rounding could tie two distinct scores).
         let tok = scores
             .iter()
             .enumerate()
-            .filter(|&(i, _)| !banned(i))
             .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
                 if v > bv {
                     (i, v)
@@ -85,20 +95,18 @@ pub fn sample(
             .0;
         return (tok as u32, logprob(tok));
     }
-    if n_generated < p.min_new_tokens {
-        for &e in &p.eos_token_ids {
-            if let Some(x) = w.get_mut(e as usize) {
-                *x = 0.0;
-            }
-        }
-    }
     if let Some(k) = p.top_k {
-        if k < w.len() {
-            // Keep everything ≥ the k-th largest weight (ties kept, as transformers does).
-            let mut sorted = w.clone();
+        if k < scores.len() {
+            // Keep everything ≥ the k-th largest score (ties kept, as transformers does; on
+            // the scores, since rounding could tie or reorder close weights).
+            let mut sorted = scores.to_vec();
             let (_, kth, _) = sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
             let kth = *kth;
-            w.iter_mut().filter(|x| **x < kth).for_each(|x| *x = 0.0);
+            for (x, &sc) in w.iter_mut().zip(scores) {
+                if sc < kth {
+                    *x = 0.0;
+                }
+            }
         }
     }
     if p.top_p < 1.0 {
@@ -292,6 +300,24 @@ mod tests {
             sample(&logits, &p, &[], 2, &mut SampleRng::new(0, 0, 0, 0)).0,
             0
         );
+        // The ban holds when EOS leads by more than f32's exp range at a low temperature: the
+        // draw follows the allowed tokens, not a fallback.
+        let far = [200.0f32, 0.0, -1.0, 1.0];
+        for greedy in [false, true] {
+            let p = SamplingParams {
+                temperature: 0.1,
+                greedy,
+                min_new_tokens: 1,
+                eos_token_ids: vec![0],
+                ..Default::default()
+            };
+            let (tok, lp) = sample(&far, &p, &[], 0, &mut SampleRng::new(0, 0, 0, 0));
+            assert_eq!(tok, 3, "greedy {greedy}");
+            assert!(
+                lp < -1000.0,
+                "the reported log-prob is the unbanned one: {lp}"
+            );
+        }
     }
 
     /// Skipping blocks on their sums picks the token a token-by-token scan picks (integer
