@@ -73,7 +73,19 @@ pub fn sample(
                 }
             }
         }
-        w = weights(&s, max_f32(&s), inv_t);
+        // With only the ban, the processed maximum is the raw one unless a banned token holds
+        // it, and then the raw weights with the banned ones zeroed are the same numbers: no
+        // second exp pass.
+        let smax = max_f32(&s);
+        if p.repetition_penalty != 1.0 || smax != max {
+            w = weights(&s, smax, inv_t);
+        } else {
+            for &e in &p.eos_token_ids {
+                if let Some(x) = w.get_mut(e as usize) {
+                    *x = 0.0;
+                }
+            }
+        }
         processed = s;
         &processed[..]
     } else {
@@ -274,6 +286,15 @@ mod tests {
                 ..Default::default()
             }),
             vec![0, 1, 4]
+        );
+        // A banned EOS below the maximum: every other token stays possible.
+        assert_eq!(
+            only(SamplingParams {
+                min_new_tokens: 1,
+                eos_token_ids: vec![1],
+                ..Default::default()
+            }),
+            vec![0, 2, 3, 4]
         );
         // A strong penalty on tokens 0 and 1 moves the mass to token 4.
         let p = SamplingParams {
