@@ -16,7 +16,7 @@
 //! step's sampling time); every sum over them is f64, in a fixed order, so the log-normaliser
 //! and the draw are as exact as before to well below the trainer's own f32 rounding.
 
-use rlzero_model::fused::exp_f32;
+use rlzero_model::fused::{exp_f32, max_f32};
 
 use crate::params::SamplingParams;
 use crate::rng::SampleRng;
@@ -132,21 +132,6 @@ pub fn sample(
     // Inverse-CDF draw in token-id order: deterministic given u.
     let tok = draw(&w, u * sum_f64(&w));
     (tok as u32, logprob(tok))
-}
-
-/// The largest value (NaNs ignored), 8 lanes at a time so the loop vectorises.
-fn max_f32(x: &[f32]) -> f32 {
-    let mut m = [f32::NEG_INFINITY; 8];
-    let chunks = x.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for l in 0..8 {
-            m[l] = m[l].max(c[l]);
-        }
-    }
-    rest.iter()
-        .chain(&m)
-        .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
 }
 
 /// `exp((x_i − max) · inv_t)` for every score.

@@ -65,6 +65,16 @@ impl Real for f64 {
     }
 }
 
+/// The largest value of `x`, NaNs ignored (`−∞` when empty), in 8 lanes so the loop vectorises:
+/// the fused kernels' row maximum, for callers outside this crate (the rollout's sampler).
+///
+/// ```
+/// assert_eq!(rlzero_model::fused::max_f32(&[1.0, f32::NAN, 3.0, -2.0]), 3.0);
+/// ```
+pub fn max_f32(x: &[f32]) -> f32 {
+    lanes::max(x)
+}
+
 /// `eˣ` for f32 within 2 ulp of libm's on [−87, 88] (checked in a test), branch-free so that loops over
 /// slices vectorise (libm's `expf` is a scalar call). The fused training kernels use it, and so
 /// does the rollout's decode path, so the sampler computes the same SiLU and softmax as the
