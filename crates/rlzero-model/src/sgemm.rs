@@ -266,7 +266,9 @@ unsafe fn tile(
         SimdPath::Avx2 => avx2::kernel(kc, a.as_ptr(), b.as_ptr(), dst, ld, add_here),
         #[cfg(not(target_arch = "x86_64"))]
         SimdPath::Avx2 => unreachable!("SimdPath::available() rejects AVX2 off x86-64"),
-        SimdPath::Portable => portable_kernel(kc, a, b, dst, ld, add_here),
+        // On aarch64 `preferred()` sends the training step to gemm's NEON kernels; a direct call
+        // runs the portable kernel, which the compiler vectorises with NEON (its baseline).
+        SimdPath::Neon | SimdPath::Portable => portable_kernel(kc, a, b, dst, ld, add_here),
     }
     if !full {
         for i in 0..mr {

@@ -10,14 +10,15 @@
 //! 3. `o_h = Σ_j p[h, j] v_j`, each output element a chain of fused multiply-adds over `j` in
 //!    order, kept in registers 64 elements at a time.
 //!
-//! The AVX2 path and the portable one do the same operations in the same order (a test compares
-//! their bits), and no output depends on the batch or the number of threads.
+//! Both passes are written once over 8 f32 lanes ([`crate::kernels::lanes`]) and compiled for
+//! AVX2, NEON and plain Rust: the same operations in the same order (a test compares their bits),
+//! and no output depends on the batch or the number of threads.
 
 use rayon::prelude::*;
 use rlzero_model::fused::exp_f32;
 use rlzero_model::simd::SimdPath;
 
-use crate::kernels::dot_portable;
+use crate::kernels::lanes::{on_path, Lanes, LanesKernel, LANES};
 use crate::kv_cache::KvCache;
 
 /// Causal attention of each row over its sequence's cache up to (and including) its position.
@@ -84,95 +85,72 @@ impl Head<'_> {
 
     /// `p[h, j] = (q_h · k_j) · scale`.
     fn scores(&self, path: SimdPath, qg: &[f32], scale: f32, p: &mut [f32]) {
-        match path {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `SimdPath::detect` picks AVX2 only when the CPU has AVX2 and FMA; the
-            // function checks the slice lengths.
-            SimdPath::Avx2 => unsafe { avx2::scores(qg, self.keys, self.len, self.hd, scale, p) },
-            #[cfg(not(target_arch = "x86_64"))]
-            SimdPath::Avx2 => unreachable!("SimdPath::detect() never picks AVX2 off x86-64"),
-            SimdPath::Portable => {
-                for (j, k) in self.keys.chunks_exact(self.hd).enumerate() {
-                    for (h, q) in qg.chunks_exact(self.hd).enumerate() {
-                        p[h * self.len + j] = dot_portable(q, k) * scale;
-                    }
-                }
-            }
-        }
+        let (keys, len, hd) = (self.keys, self.len, self.hd);
+        on_path(path, Scores { qg, keys, len, hd, scale, p })
     }
 
     /// `og[h] += Σ_j p[h, j] v_j`, one fused multiply-add per element and key, keys in order.
     fn weighted_sum(&self, path: SimdPath, p: &[f32], og: &mut [f32]) {
-        match path {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as in `scores`.
-            SimdPath::Avx2 => unsafe { avx2::weighted_sum(p, self.values, self.len, self.hd, og) },
-            #[cfg(not(target_arch = "x86_64"))]
-            SimdPath::Avx2 => unreachable!("SimdPath::detect() never picks AVX2 off x86-64"),
-            SimdPath::Portable => {
-                for (ph, o) in p.chunks_exact(self.len).zip(og.chunks_exact_mut(self.hd)) {
-                    for (&w, v) in ph.iter().zip(self.values.chunks_exact(self.hd)) {
-                        o.iter_mut()
-                            .zip(v)
-                            .for_each(|(o, &v)| *o = w.mul_add(v, *o));
-                    }
-                }
-            }
-        }
+        let (values, len, hd) = (self.values, self.len, self.hd);
+        on_path(path, WeightedSum { p, values, len, hd, og })
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
+/// [`Head::scores`] for one path's lanes: one dot product per (key, head), inlined, so the core
+/// overlaps the independent FMA chains of neighbouring keys and heads.
+struct Scores<'a> {
+    qg: &'a [f32],
+    keys: &'a [f32],
+    len: usize,
+    hd: usize,
+    scale: f32,
+    p: &'a mut [f32],
+}
 
-    use crate::kernels::avx2::hsum;
+impl LanesKernel for Scores<'_> {
+    type Output = ();
 
-    /// [`super::Head::scores`] on AVX2: one dot product per (key, head), inlined, so the core
-    /// overlaps the independent FMA chains of neighbouring keys and heads.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn scores(
-        qg: &[f32],
-        keys: &[f32],
-        len: usize,
-        hd: usize,
-        scale: f32,
-        p: &mut [f32],
-    ) {
+    #[inline(always)]
+    unsafe fn run<V: Lanes>(self) {
+        let Scores { qg, keys, len, hd, scale, p } = self;
         let group = qg.len() / hd;
         assert!(keys.len() >= len * hd && p.len() >= group * len);
-        let chunks = hd / 8;
+        let chunks = hd / LANES;
         for j in 0..len {
             let kp = keys.as_ptr().add(j * hd);
             for h in 0..group {
                 let qp = qg.as_ptr().add(h * hd);
-                let mut acc = _mm256_setzero_ps();
+                let mut acc = V::zero();
                 for c in 0..chunks {
-                    let (a, b) = (
-                        _mm256_loadu_ps(qp.add(c * 8)),
-                        _mm256_loadu_ps(kp.add(c * 8)),
-                    );
-                    acc = _mm256_fmadd_ps(a, b, acc);
+                    acc = acc.fma(V::load(qp.add(c * LANES)), V::load(kp.add(c * LANES)));
                 }
-                let mut t = hsum(acc);
-                for i in chunks * 8..hd {
+                let mut t = acc.hsum();
+                for i in chunks * LANES..hd {
                     t = (*qp.add(i)).mul_add(*kp.add(i), t);
                 }
                 p[h * len + j] = t * scale;
             }
         }
     }
+}
 
-    /// [`super::Head::weighted_sum`] on AVX2: 64 outputs of a head at a time stay in eight
-    /// registers over all keys (eight independent FMA chains, enough to fill both FMA units).
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn weighted_sum(p: &[f32], values: &[f32], len: usize, hd: usize, og: &mut [f32]) {
+/// [`Head::weighted_sum`] for one path's lanes: 64 outputs of a head at a time stay in eight
+/// vectors over all keys (eight independent FMA chains, enough to fill two FMA units).
+struct WeightedSum<'a> {
+    p: &'a [f32],
+    values: &'a [f32],
+    len: usize,
+    hd: usize,
+    og: &'a mut [f32],
+}
+
+impl LanesKernel for WeightedSum<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    unsafe fn run<V: Lanes>(self) {
+        const U: usize = 8; // vectors per block: 64 outputs
+        let WeightedSum { p, values, len, hd, og } = self;
         let group = og.len() / hd;
         assert!(values.len() >= len * hd && p.len() >= group * len);
         let vp = values.as_ptr();
@@ -180,30 +158,30 @@ mod avx2 {
             let ph = &p[h * len..(h + 1) * len];
             let o = og[h * hd..(h + 1) * hd].as_mut_ptr();
             let mut c0 = 0;
-            while c0 + 64 <= hd {
-                let mut a = [_mm256_setzero_ps(); 8];
+            while c0 + U * LANES <= hd {
+                let mut a = [V::zero(); U];
                 for (u, a) in a.iter_mut().enumerate() {
-                    *a = _mm256_loadu_ps(o.add(c0 + u * 8));
+                    *a = V::load(o.add(c0 + u * LANES));
                 }
                 for (j, &w) in ph.iter().enumerate() {
-                    let w = _mm256_set1_ps(w);
+                    let w = V::splat(w);
                     let v = vp.add(j * hd + c0);
                     for (u, a) in a.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(u * 8)), *a);
+                        *a = a.fma(w, V::load(v.add(u * LANES)));
                     }
                 }
                 for (u, a) in a.iter().enumerate() {
-                    _mm256_storeu_ps(o.add(c0 + u * 8), *a);
+                    a.store(o.add(c0 + u * LANES));
                 }
-                c0 += 64;
+                c0 += U * LANES;
             }
-            while c0 + 8 <= hd {
-                let mut a = _mm256_loadu_ps(o.add(c0));
+            while c0 + LANES <= hd {
+                let mut a = V::load(o.add(c0));
                 for (j, &w) in ph.iter().enumerate() {
-                    a = _mm256_fmadd_ps(_mm256_set1_ps(w), _mm256_loadu_ps(vp.add(j * hd + c0)), a);
+                    a = a.fma(V::splat(w), V::load(vp.add(j * hd + c0)));
                 }
-                _mm256_storeu_ps(o.add(c0), a);
-                c0 += 8;
+                a.store(o.add(c0));
+                c0 += LANES;
             }
             for i in c0..hd {
                 let mut a = *o.add(i);
@@ -255,10 +233,7 @@ mod tests {
     /// paths this CPU runs give the same bits, and both match the definition.
     #[test]
     fn every_path_agrees_bit_for_bit_and_with_the_definition() {
-        let paths: Vec<SimdPath> = [SimdPath::Avx2, SimdPath::Portable]
-            .into_iter()
-            .filter(|p| p.available())
-            .collect();
+        let paths = SimdPath::available_paths();
         for (group, len, hd) in [(3, 1, 64), (3, 37, 64), (1, 5, 128), (2, 9, 80), (4, 3, 13)] {
             let (keys, values) = (data(len * hd, 1), data(len * hd, 2));
             let q = data(group * hd, 3);

@@ -31,13 +31,17 @@
 //! host. A rollout with bf16 weights samples from a slightly different policy than the f32
 //! trainer's (see `RolloutBackend::FastCpuBf16`).
 //!
-//! **Paths.** The AVX2 + FMA kernel, or plain Rust with the same fused multiply-adds in the same
-//! order ([`f32::mul_add`]) on other CPUs; the CPU is asked once per call, and a test forces each
-//! path this CPU has and checks they give the same bits. (`mul_add` is one instruction on
-//! aarch64; on an x86-64 CPU without FMA it is a library call, slow but exact.)
+//! **Paths.** The register block is written once over 8 f32 lanes ([`lanes`]) and compiled for
+//! AVX2 + FMA, for NEON (aarch64), and as plain Rust with the same fused multiply-adds in the
+//! same order ([`f32::mul_add`]) for other CPUs; the CPU is asked once per call, and a test forces
+//! each path this CPU has and checks they give the same bits. Only the AVX2 path prefetches
+//! (its distance was tuned on x86 hosts; the others leave streams to the hardware).
 
 use rayon::prelude::*;
 use rlzero_model::simd::SimdPath;
+
+use block::Block;
+use lanes::{on_path, Lanes};
 
 /// Parallel tasks per thread and pass: few, so each task streams a long contiguous run of `W`,
 /// and more than one, so a thread that starts late is balanced by the others.
@@ -59,12 +63,11 @@ pub type Bf16 = half::bf16;
 pub trait Weight: Copy + Send + Sync + 'static {
     /// The value as f32 (exact).
     fn to_f32(self) -> f32;
-    /// `acc[j][r] = w[j] · x[r]` with the AVX2 kernel for this element type.
+    /// 8 consecutive weights from `p`, as f32 lanes.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn avx2_block(w: &[&[Self]], x: &[f32], k: usize, nx: usize, acc: &mut Acc);
+    /// As [`Lanes`]' loads: `V`'s instructions available, 8 elements readable at `p`.
+    unsafe fn load<V: Lanes>(p: *const Self) -> V;
 }
 
 impl Weight for f32 {
@@ -72,9 +75,9 @@ impl Weight for f32 {
     fn to_f32(self) -> f32 {
         self
     }
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn avx2_block(w: &[&[f32]], x: &[f32], k: usize, nx: usize, acc: &mut Acc) {
-        avx2::block_f32(w, x, k, nx, acc)
+    #[inline(always)]
+    unsafe fn load<V: Lanes>(p: *const f32) -> V {
+        V::load(p)
     }
 }
 
@@ -83,9 +86,9 @@ impl Weight for Bf16 {
     fn to_f32(self) -> f32 {
         half::bf16::to_f32(self) // exact: the bits shifted into the upper half
     }
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn avx2_block(w: &[&[Bf16]], x: &[f32], k: usize, nx: usize, acc: &mut Acc) {
-        avx2::block_bf16(w, x, k, nx, acc)
+    #[inline(always)]
+    unsafe fn load<V: Lanes>(p: *const Bf16) -> V {
+        V::load_bf16(p)
     }
 }
 
@@ -236,44 +239,17 @@ fn rows_per_task(total: usize, row_bytes: usize) -> usize {
 /// `acc[j][r] = w[j] · x[r]` for `j < w.len() (≤ 3)`, `r < nx (≤ 4)`; `x` holds `nx` rows of `k`.
 /// The AVX2 path also asks for the weights [`PREFETCH_BYTES`] ahead (a hint: the results do not
 /// change).
+#[inline(always)]
 fn dot_block<W: Weight>(path: SimdPath, w: &[&[W]], x: &[f32], k: usize, nx: usize, acc: &mut Acc) {
-    match path {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `SimdPath::Avx2` is only chosen when the CPU has AVX2 and FMA (`linear_many_on` checks);
-        // the block functions check the slice bounds.
-        SimdPath::Avx2 => unsafe { W::avx2_block(w, x, k, nx, acc) },
-        #[cfg(not(target_arch = "x86_64"))]
-        SimdPath::Avx2 => unreachable!("SimdPath::detect() never picks AVX2 off x86-64"),
-        SimdPath::Portable => {
-            // Prefetching is left to the hardware prefetchers.
-            for (j, wr) in w.iter().enumerate() {
-                for r in 0..nx {
-                    acc[j][r] = dot_portable(wr, &x[r * k..(r + 1) * k]);
-                }
-            }
-        }
-    }
-}
-
-/// The AVX2 path's arithmetic in plain Rust: 8 lanes of fused multiply-adds over `k` in order, a
-/// fixed reduction, then the tail.
-pub(crate) fn dot_portable<W: Weight>(w: &[W], x: &[f32]) -> f32 {
-    let chunks = w.len() / 8;
-    let mut a = [0f32; 8];
-    for c in 0..chunks {
-        for l in 0..8 {
-            a[l] = w[c * 8 + l].to_f32().mul_add(x[c * 8 + l], a[l]);
-        }
-    }
-    let mut s = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
-    for i in chunks * 8..w.len() {
-        s = w[i].to_f32().mul_add(x[i], s);
-    }
-    s
+    on_path(path, Block { w, x, k, nx, acc })
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) mod avx2;
+mod avx2;
+mod block;
+pub(crate) mod lanes;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
 #[cfg(test)]
 mod tests {
@@ -371,11 +347,7 @@ mod tests {
     /// weights equals streaming their exact f32 widening.
     #[test]
     fn every_path_and_weight_format_agree_bit_for_bit() {
-        let paths: Vec<SimdPath> = if SimdPath::detect() == SimdPath::Portable {
-            vec![SimdPath::Portable]
-        } else {
-            vec![SimdPath::detect(), SimdPath::Portable]
-        };
+        let paths = SimdPath::available_paths();
         for (m, k, o) in [(1, 8, 3), (8, 576, 70), (5, 13, 11), (11, 100, 9)] {
             let x = data(m * k, 7);
             let w = data(o * k, 8);

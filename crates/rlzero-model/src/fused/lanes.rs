@@ -99,7 +99,8 @@ pub(crate) trait Kernel {
 }
 
 /// Runs `k` compiled for AVX2 + FMA when `path` is [`SimdPath::Avx2`] and the CPU has them
-/// (256-bit registers), else as compiled for the baseline CPU. The kernels here never ask for
+/// (256-bit registers), else as compiled for the baseline CPU (which on aarch64 is NEON's 128-bit
+/// registers, so [`SimdPath::Neon`] needs no copy of its own). The kernels here never ask for
 /// fused multiply-adds (Rust does not contract `a·b + c`), so both give the same bits; the
 /// tests check that.
 #[inline(always)]

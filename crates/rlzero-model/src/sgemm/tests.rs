@@ -19,10 +19,7 @@ fn naive(a: &MatRef<'_>, b: &MatRef<'_>) -> Vec<f64> {
 }
 
 fn kernels() -> Vec<SimdPath> {
-    [SimdPath::Avx2, SimdPath::Portable]
-        .into_iter()
-        .filter(|k| k.available())
-        .collect()
+    SimdPath::available_paths()
 }
 
 /// Sizes around every block edge: tiles (6 × 16), KC (256), MC (72), NC (3072).
