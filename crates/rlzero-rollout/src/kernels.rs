@@ -3,7 +3,7 @@
 //! At decode time `x` has one row per live sequence (≈ 8), so the product is bound by streaming
 //! `W` from memory, where candle's `gemm` reaches only 6–9 GB/s. This kernel streams each weight
 //! row once and computes a 3 × 4 block of dot products per pass (3 weight rows × 4 input rows,
-//! 12 AVX2 accumulators), so each load feeds almost two FMAs. Work is split over output rows;
+//! 12 accumulators of 8 lanes), so each load feeds almost two FMAs. Work is split over output rows;
 //! several matrices that read the same input (q/k/v, gate/up) run as one parallel pass.
 //!
 //! **Overlapping the arithmetic with the stream.** At 8 rows the FMAs alone take about as long as
@@ -33,8 +33,11 @@
 //!
 //! **Paths.** The register block is written once over 8 f32 lanes ([`lanes`]) and compiled for
 //! AVX2 + FMA, for NEON (aarch64), and as plain Rust with the same fused multiply-adds in the
-//! same order ([`f32::mul_add`]) for other CPUs; the CPU is asked once per call, and a test forces
-//! each path this CPU has and checks they give the same bits. Only the AVX2 path prefetches
+//! same order ([`f32::mul_add`]) for other CPUs; the CPU is asked once per call (each register
+//! block then enters its path's copy after a cached check), and a test forces each path this CPU
+//! has and checks they give the same bits. (Entering the path once per task instead, with the
+//! task's loop compiled into the copy, measured 10–20 % slower in 4 of 4 alternating
+//! `rollout_bench` pairs on the 2-core AVX2 host, with the same inner loops.) Only the AVX2 path prefetches
 //! (its distance was tuned on x86 hosts; the others leave streams to the hardware).
 
 use rayon::prelude::*;
