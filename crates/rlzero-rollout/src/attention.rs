@@ -16,9 +16,8 @@
 
 use rayon::prelude::*;
 use rlzero_model::fused::exp_f32;
-use rlzero_model::simd::SimdPath;
 
-use crate::kernels::lanes::{on_path, Lanes, LanesKernel, LANES};
+use crate::kernels::lanes::{on_path, CheckedPath, Lanes, LanesKernel, LANES};
 use crate::kv_cache::KvCache;
 
 /// Causal attention of each row over its sequence's cache up to (and including) its position.
@@ -35,7 +34,7 @@ pub fn attention(
     hd: usize,
     scale: f32,
 ) -> Vec<f32> {
-    let path = SimdPath::detect();
+    let path = CheckedPath::detect();
     let group = nh / nkv;
     let mut out = vec![0f32; q.len()];
     // Chunk i = (row r, k/v head g): the `group` query heads g·group .. (g+1)·group of row r.
@@ -66,7 +65,7 @@ struct Head<'a> {
 impl Head<'_> {
     /// `og (G, d) = softmax(qg kᵀ · scale) v` for the `G` query heads in `qg (G, d)`; `og` starts
     /// at zero.
-    fn attend(&self, path: SimdPath, qg: &[f32], scale: f32, og: &mut [f32]) {
+    fn attend(&self, path: CheckedPath, qg: &[f32], scale: f32, og: &mut [f32]) {
         let (len, hd) = (self.len, self.hd);
         let group = qg.len() / hd;
         let mut p = vec![0f32; group * len]; // (G, len)
@@ -84,13 +83,13 @@ impl Head<'_> {
     }
 
     /// `p[h, j] = (q_h · k_j) · scale`.
-    fn scores(&self, path: SimdPath, qg: &[f32], scale: f32, p: &mut [f32]) {
+    fn scores(&self, path: CheckedPath, qg: &[f32], scale: f32, p: &mut [f32]) {
         let (keys, len, hd) = (self.keys, self.len, self.hd);
         on_path(path, Scores { qg, keys, len, hd, scale, p })
     }
 
     /// `og[h] += Σ_j p[h, j] v_j`, one fused multiply-add per element and key, keys in order.
-    fn weighted_sum(&self, path: SimdPath, p: &[f32], og: &mut [f32]) {
+    fn weighted_sum(&self, path: CheckedPath, p: &[f32], og: &mut [f32]) {
         let (values, len, hd) = (self.values, self.len, self.hd);
         on_path(path, WeightedSum { p, values, len, hd, og })
     }
@@ -196,6 +195,8 @@ impl LanesKernel for WeightedSum<'_> {
 
 #[cfg(test)]
 mod tests {
+    use rlzero_model::simd::SimdPath;
+
     use super::*;
 
     fn data(n: usize, seed: u32) -> Vec<f32> {
@@ -246,7 +247,7 @@ mod tests {
             let scale = 1.0 / (hd as f32).sqrt();
             let run = |path| {
                 let mut og = vec![0f32; group * hd];
-                head.attend(path, &q, scale, &mut og);
+                head.attend(CheckedPath::new(path), &q, scale, &mut og);
                 og
             };
             let reference = run(SimdPath::Portable);

@@ -34,8 +34,8 @@
 //! **Paths.** The register block is written once over 8 f32 lanes ([`lanes`]) and compiled for
 //! AVX2 + FMA, for NEON (aarch64), and as plain Rust with the same fused multiply-adds in the
 //! same order ([`f32::mul_add`]) for other CPUs; the CPU is asked once per call (each register
-//! block then enters its path's copy after a cached check), and a test forces each path this CPU
-//! has and checks they give the same bits. (Entering the path once per task instead, with the
+//! block then enters its path's copy with no further check), and a test forces each path this
+//! CPU has and checks they give the same bits. (Entering the path once per task instead, with the
 //! task's loop compiled into the copy, measured 10–20 % slower in 4 of 4 alternating
 //! `rollout_bench` pairs on the 2-core AVX2 host, with the same inner loops.) Only the AVX2 path prefetches
 //! (its distance was tuned on x86 hosts; the others leave streams to the hardware).
@@ -44,7 +44,7 @@ use rayon::prelude::*;
 use rlzero_model::simd::SimdPath;
 
 use block::Block;
-use lanes::{on_path, Lanes};
+use lanes::{on_path, CheckedPath, Lanes};
 
 /// Parallel tasks per thread and pass: few, so each task streams a long contiguous run of `W`,
 /// and more than one, so a thread that starts late is balanced by the others.
@@ -138,11 +138,7 @@ pub fn linear_many_on<W: Weight>(
     k: usize,
     mats: &[Matrix<'_, W>],
 ) -> Vec<Vec<f32>> {
-    let path = if path.available() {
-        path
-    } else {
-        SimdPath::Portable
-    };
+    let path = CheckedPath::new(path);
     assert_eq!(x.len(), m * k, "x is not m × k");
     let mut starts = Vec::with_capacity(mats.len() + 1);
     let mut total = 0;
@@ -243,7 +239,14 @@ fn rows_per_task(total: usize, row_bytes: usize) -> usize {
 /// The AVX2 path also asks for the weights [`PREFETCH_BYTES`] ahead (a hint: the results do not
 /// change).
 #[inline(always)]
-fn dot_block<W: Weight>(path: SimdPath, w: &[&[W]], x: &[f32], k: usize, nx: usize, acc: &mut Acc) {
+fn dot_block<W: Weight>(
+    path: CheckedPath,
+    w: &[&[W]],
+    x: &[f32],
+    k: usize,
+    nx: usize,
+    acc: &mut Acc,
+) {
     on_path(path, Block { w, x, k, nx, acc })
 }
 

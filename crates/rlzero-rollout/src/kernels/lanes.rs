@@ -9,8 +9,8 @@
 //! bits (the kernels' tests compare every path this CPU runs), and a result never depends on
 //! which path computed it.
 //!
-//! [`on_path`] runs a [`LanesKernel`] with the lanes of a path, compiled with that path's target
-//! features; its `run` and everything it calls must be `#[inline(always)]` to be compiled into
+//! [`on_path`] runs a [`LanesKernel`] with the lanes of a [`CheckedPath`], compiled with that
+//! path's target features; its `run` and everything it calls must be `#[inline(always)]` to be compiled into
 //! that copy (as [`rlzero_model`]'s fused kernels do with theirs).
 
 use rlzero_model::simd::SimdPath;
@@ -56,24 +56,45 @@ pub(crate) trait LanesKernel {
     unsafe fn run<V: Lanes>(self) -> Self::Output;
 }
 
-/// Runs `k` with the lanes of `path`, compiled with its target features; a path this CPU cannot
-/// run falls back to the portable lanes.
+/// A [`SimdPath`] this CPU runs, checked once when a kernel is entered (the check calls into
+/// std's feature detection, too slow to repeat for each of a decode step's ~10⁵ register blocks).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CheckedPath(SimdPath);
+
+impl CheckedPath {
+    /// `path`, or the portable one if this CPU cannot run it.
+    pub(crate) fn new(path: SimdPath) -> Self {
+        CheckedPath(if path.available() {
+            path
+        } else {
+            SimdPath::Portable
+        })
+    }
+
+    /// The fastest path this CPU runs.
+    pub(crate) fn detect() -> Self {
+        CheckedPath(SimdPath::detect())
+    }
+}
+
+/// Runs `k` with the lanes of `path`, compiled with its target features.
 #[inline(always)]
-pub(crate) fn on_path<K: LanesKernel>(path: SimdPath, k: K) -> K::Output {
-    match path {
+pub(crate) fn on_path<K: LanesKernel>(path: CheckedPath, k: K) -> K::Output {
+    match path.0 {
         #[cfg(target_arch = "x86_64")]
-        SimdPath::Avx2 if path.available() => {
+        SimdPath::Avx2 => {
             #[target_feature(enable = "avx2,fma")]
             unsafe fn avx2<K: LanesKernel>(k: K) -> K::Output {
                 k.run::<super::avx2::Avx2>()
             }
-            // SAFETY: the CPU has AVX2 and FMA (`available` asked it).
+            // SAFETY: a `CheckedPath` holds AVX2 only if the CPU has AVX2 and FMA.
             unsafe { avx2(k) }
         }
         #[cfg(target_arch = "aarch64")]
-        // SAFETY: NEON is in the aarch64 baseline (`available` checks the target has it).
-        SimdPath::Neon if path.available() => unsafe { k.run::<super::neon::Neon>() },
-        // SAFETY: the portable lanes are plain Rust.
+        // SAFETY: a `CheckedPath` holds NEON only if the target has it (the aarch64 baseline).
+        SimdPath::Neon => unsafe { k.run::<super::neon::Neon>() },
+        // SAFETY: the portable lanes are plain Rust. (On other architectures a `CheckedPath`
+        // never holds AVX2 or NEON.)
         _ => unsafe { k.run::<Portable>() },
     }
 }
@@ -155,9 +176,10 @@ mod tests {
         // summation order, would show.
         let x: Vec<f32> = (0..17).map(|i| 1.0 / (i as f32 + 3.0) - 0.2).collect();
         let w: Vec<Bf16> = (0..8).map(|i| Bf16::from_f32(0.7 - i as f32 / 7.0)).collect();
-        let reference = on_path(SimdPath::Portable, Ops(&x, &w));
+        let reference = on_path(CheckedPath::new(SimdPath::Portable), Ops(&x, &w));
         for path in SimdPath::available_paths() {
-            assert_eq!(on_path(path, Ops(&x, &w)), reference, "{path:?}");
+            let got = on_path(CheckedPath::new(path), Ops(&x, &w));
+            assert_eq!(got, reference, "{path:?}");
         }
         let bits = &reference;
         let lanes = |o: usize| (0..8).map(move |i| f32::from_bits(bits[o + i]));
