@@ -67,11 +67,15 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         assert_eq!(
             path == SimdPath::Avx2,
-            std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
         );
         #[cfg(target_arch = "aarch64")]
         assert_eq!(path, SimdPath::Neon);
         assert_eq!(SimdPath::available_paths().first(), Some(&path));
-        assert_eq!(SimdPath::available_paths().last(), Some(&SimdPath::Portable));
+        assert_eq!(
+            SimdPath::available_paths().last(),
+            Some(&SimdPath::Portable)
+        );
     }
 }

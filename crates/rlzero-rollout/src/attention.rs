@@ -85,13 +85,32 @@ impl Head<'_> {
     /// `p[h, j] = (q_h · k_j) · scale`.
     fn scores(&self, path: CheckedPath, qg: &[f32], scale: f32, p: &mut [f32]) {
         let (keys, len, hd) = (self.keys, self.len, self.hd);
-        on_path(path, Scores { qg, keys, len, hd, scale, p })
+        on_path(
+            path,
+            Scores {
+                qg,
+                keys,
+                len,
+                hd,
+                scale,
+                p,
+            },
+        )
     }
 
     /// `og[h] += Σ_j p[h, j] v_j`, one fused multiply-add per element and key, keys in order.
     fn weighted_sum(&self, path: CheckedPath, p: &[f32], og: &mut [f32]) {
         let (values, len, hd) = (self.values, self.len, self.hd);
-        on_path(path, WeightedSum { p, values, len, hd, og })
+        on_path(
+            path,
+            WeightedSum {
+                p,
+                values,
+                len,
+                hd,
+                og,
+            },
+        )
     }
 }
 
@@ -111,7 +130,14 @@ impl LanesKernel for Scores<'_> {
 
     #[inline(always)]
     unsafe fn run<V: Lanes>(self) {
-        let Scores { qg, keys, len, hd, scale, p } = self;
+        let Scores {
+            qg,
+            keys,
+            len,
+            hd,
+            scale,
+            p,
+        } = self;
         let group = qg.len() / hd;
         assert!(keys.len() >= len * hd && p.len() >= group * len);
         let chunks = hd / LANES;
@@ -149,7 +175,13 @@ impl LanesKernel for WeightedSum<'_> {
     #[inline(always)]
     unsafe fn run<V: Lanes>(self) {
         const U: usize = 8; // vectors per block: 64 outputs
-        let WeightedSum { p, values, len, hd, og } = self;
+        let WeightedSum {
+            p,
+            values,
+            len,
+            hd,
+            og,
+        } = self;
         let group = og.len() / hd;
         assert!(values.len() >= len * hd && p.len() >= group * len);
         let vp = values.as_ptr();

@@ -157,7 +157,11 @@ mod tests {
         #[inline(always)]
         unsafe fn run<V: Lanes>(self) -> Vec<u32> {
             let (x, w) = (self.0, self.1);
-            let (a, b, c) = (V::load(x.as_ptr()), V::load(x[8..].as_ptr()), V::splat(x[16]));
+            let (a, b, c) = (
+                V::load(x.as_ptr()),
+                V::load(x[8..].as_ptr()),
+                V::splat(x[16]),
+            );
             let wide = V::load_bf16(w.as_ptr());
             let mut out = vec![0f32; 24];
             a.fma(b, c).store(out.as_mut_ptr());
@@ -175,7 +179,9 @@ mod tests {
         // Values whose products and sums round, so a separate multiply and add, or another
         // summation order, would show.
         let x: Vec<f32> = (0..17).map(|i| 1.0 / (i as f32 + 3.0) - 0.2).collect();
-        let w: Vec<Bf16> = (0..8).map(|i| Bf16::from_f32(0.7 - i as f32 / 7.0)).collect();
+        let w: Vec<Bf16> = (0..8)
+            .map(|i| Bf16::from_f32(0.7 - i as f32 / 7.0))
+            .collect();
         let reference = on_path(CheckedPath::new(SimdPath::Portable), Ops(&x, &w));
         for path in SimdPath::available_paths() {
             let got = on_path(CheckedPath::new(path), Ops(&x, &w));
