@@ -35,10 +35,11 @@
 //! AVX2 + FMA, for NEON (aarch64), and as plain Rust with the same fused multiply-adds in the
 //! same order ([`f32::mul_add`]) for other CPUs; the CPU is asked once per call (each register
 //! block then enters its path's copy with no further check), and a test forces each path this
-//! CPU has and checks they give the same bits. (Entering the path once per task instead, with the
-//! task's loop compiled into the copy, measured 10–20 % slower in 4 of 4 alternating
-//! `rollout_bench` pairs on the 2-core AVX2 host, with the same inner loops.) Only the AVX2 path prefetches
-//! (its distance was tuned on x86 hosts; the others leave streams to the hardware).
+//! CPU has and checks they give the same bits. (Entering the path once per task instead, with
+//! the task's loop compiled into the copy, measured 10–20 % slower in 4 of 4 alternating
+//! `rollout_bench` pairs on the 2-core AVX2 host, with the same inner loops.) Only the AVX2
+//! path prefetches (its distance was tuned on x86 hosts; the others leave streams to the
+//! hardware).
 
 use rayon::prelude::*;
 use rlzero_model::simd::SimdPath;
